@@ -1,0 +1,134 @@
+package bus
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"time"
+
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/perfpipe/perfpipe/pkg/events"
+)
+
+// DefaultTimeout bounds a publish or a stream operation when the caller's
+// context has no deadline.
+const DefaultTimeout = 10 * time.Second
+
+// Conn is a NATS connection with its JetStream context.
+type Conn struct {
+	NC  *nats.Conn
+	JS  jetstream.JetStream
+	log *slog.Logger
+}
+
+// Connect dials url as client name and keeps reconnecting for as long as
+// the connection is open. It fails if the first dial fails.
+func Connect(ctx context.Context, url, name string, log *slog.Logger) (*Conn, error) {
+	if log == nil {
+		log = slog.Default()
+	}
+	opts := []nats.Option{
+		nats.Name(name),
+		nats.MaxReconnects(-1),
+		nats.ReconnectWait(250 * time.Millisecond),
+		nats.RetryOnFailedConnect(false),
+		nats.DisconnectErrHandler(func(_ *nats.Conn, err error) {
+			if err != nil {
+				log.Warn("nats disconnected, reconnecting", "err", err)
+			}
+		}),
+		nats.ReconnectHandler(func(c *nats.Conn) {
+			log.Info("nats reconnected", "url", c.ConnectedUrlRedacted())
+		}),
+		nats.ErrorHandler(func(_ *nats.Conn, s *nats.Subscription, err error) {
+			subj := ""
+			if s != nil {
+				subj = s.Subject
+			}
+			log.Warn("nats async error", "subject", subj, "err", err)
+		}),
+	}
+	if dl, ok := ctx.Deadline(); ok {
+		opts = append(opts, nats.Timeout(time.Until(dl)))
+	}
+
+	nc, err := nats.Connect(url, opts...)
+	if err != nil {
+		return nil, fmt.Errorf("connect %s: %w", redact(url), err)
+	}
+	js, err := jetstream.New(nc)
+	if err != nil {
+		nc.Close()
+		return nil, fmt.Errorf("jetstream: %w", err)
+	}
+	return &Conn{NC: nc, JS: js, log: log}, nil
+}
+
+// Close drains the connection: pending publishes are flushed and
+// subscriptions finish their current message.
+func (c *Conn) Close() {
+	if err := c.NC.Drain(); err != nil && !errors.Is(err, nats.ErrConnectionClosed) {
+		c.NC.Close()
+	}
+	for !c.NC.IsClosed() {
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// Publish encodes ev with msgpack and publishes it to subject through
+// JetStream, waiting for the stream's ack. A non-empty msgID is set as
+// Nats-Msg-Id so that the stream drops duplicates.
+func (c *Conn) Publish(ctx context.Context, subject string, ev events.Event, msgID string) error {
+	msg, err := Message(subject, ev, msgID)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	if _, err := c.JS.PublishMsg(ctx, msg); err != nil {
+		return fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return nil
+}
+
+// Message builds the NATS message for ev with perfpipe's headers.
+func Message(subject string, ev events.Event, msgID string) (*nats.Msg, error) {
+	data, err := events.Marshal(ev)
+	if err != nil {
+		return nil, err
+	}
+	msg := nats.NewMsg(subject)
+	msg.Data = data
+	msg.Header.Set(events.HeaderType, string(ev.EventType()))
+	msg.Header.Set(events.HeaderSchema, strconv.Itoa(events.SchemaVersion))
+	msg.Header.Set(events.HeaderContentType, events.ContentMsgpack)
+	if msgID != "" {
+		msg.Header.Set(jetstream.MsgIDHeader, msgID)
+	}
+	return msg, nil
+}
+
+// DeadLetter publishes dl on the dead-letter subject of its kind. The time
+// is set when the caller left it zero.
+func (c *Conn) DeadLetter(ctx context.Context, dl *events.DeadLetter) error {
+	if dl.Time.IsZero() {
+		dl.Time = time.Now()
+	}
+	if dl.Kind == "" {
+		dl.Kind = "unknown"
+	}
+	c.log.Warn("dead-lettered message", "service", dl.Service, "subject", dl.Subject,
+		"id", dl.ID, "reason", dl.Reason)
+	return c.Publish(ctx, events.DeadSubject(dl.Kind), dl, "")
+}
+
+func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {
+	if _, ok := ctx.Deadline(); ok {
+		return ctx, func() {}
+	}
+	return context.WithTimeout(ctx, DefaultTimeout)
+}

@@ -1,0 +1,87 @@
+package bus
+
+import (
+	"context"
+	"fmt"
+	"net/url"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/perfpipe/perfpipe/pkg/events"
+)
+
+// DedupWindow is how long a stream remembers Nats-Msg-Id values: the same
+// request ID published twice within it is stored once.
+const DedupWindow = 2 * time.Minute
+
+// StreamConfigs returns the configuration of every perfpipe stream.
+func StreamConfigs() []jetstream.StreamConfig {
+	work := func(name, subject string, maxAge time.Duration) jetstream.StreamConfig {
+		return jetstream.StreamConfig{
+			Name:       name,
+			Subjects:   []string{subject},
+			Retention:  jetstream.LimitsPolicy,
+			Storage:    jetstream.FileStorage,
+			MaxAge:     maxAge,
+			MaxBytes:   1 << 30,
+			Discard:    jetstream.DiscardOld,
+			Duplicates: DedupWindow,
+		}
+	}
+	telemetry := work(events.StreamTelemetry, events.TimingAll, 15*time.Minute)
+	telemetry.Subjects = append(telemetry.Subjects, events.ResourceAll)
+	telemetry.Duplicates = 0
+
+	return []jetstream.StreamConfig{
+		work(events.StreamWork, events.SubmitAll, 24*time.Hour),
+		work(events.StreamReady, events.ReadyAll, 24*time.Hour),
+		work(events.StreamBatches, events.BatchAll, 24*time.Hour),
+		work(events.StreamResults, events.ResultAll, 24*time.Hour),
+		work(events.StreamDead, events.DeadAll, 7*24*time.Hour),
+		telemetry,
+	}
+}
+
+// EnsureStreams creates the perfpipe streams, or updates them to the
+// current configuration. Running it again changes nothing.
+func (c *Conn) EnsureStreams(ctx context.Context) error {
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	for _, cfg := range StreamConfigs() {
+		if _, err := c.JS.CreateOrUpdateStream(ctx, cfg); err != nil {
+			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
+		}
+	}
+	return nil
+}
+
+// Consumer creates or updates a durable pull consumer on stream with
+// explicit acks. Fields of cfg left zero get perfpipe's defaults: an ack
+// wait of 30 s and the durable's name.
+func (c *Conn) Consumer(ctx context.Context, stream string, cfg jetstream.ConsumerConfig) (jetstream.Consumer, error) {
+	cfg.AckPolicy = jetstream.AckExplicitPolicy
+	if cfg.AckWait == 0 {
+		cfg.AckWait = 30 * time.Second
+	}
+	if cfg.Name == "" {
+		cfg.Name = cfg.Durable
+	}
+	ctx, cancel := withDefaultTimeout(ctx)
+	defer cancel()
+	cons, err := c.JS.CreateOrUpdateConsumer(ctx, stream, cfg)
+	if err != nil {
+		return nil, fmt.Errorf("consumer %s on %s: %w", cfg.Durable, stream, err)
+	}
+	return cons, nil
+}
+
+// redact hides a password in a server URL before it is logged or wrapped
+// into an error.
+func redact(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil || u.User == nil {
+		return raw
+	}
+	return u.Redacted()
+}

@@ -1,0 +1,61 @@
+// Package cache stores short-lived values under string keys with a TTL:
+// agents' results and the aggregator's latest snapshots. Two stores share
+// one small interface: Redis, when a Redis URL is configured, and a
+// JetStream key-value bucket otherwise.
+//
+// Keys are written as colon-separated words ("perfpipe:result:csv:ab12");
+// each store maps them onto its own key syntax.
+package cache
+
+import (
+	"context"
+	"errors"
+	"strings"
+	"time"
+)
+
+// KeyPrefix starts every key perfpipe writes.
+const KeyPrefix = "perfpipe:"
+
+// ErrClosed is returned by a store used after Close.
+var ErrClosed = errors.New("cache: closed")
+
+// Entry is one key and value with its time to live.
+type Entry struct {
+	Key   string
+	Value []byte
+	TTL   time.Duration
+}
+
+// Store is a key-value cache with per-key TTLs.
+type Store interface {
+	// Get returns the value of key, and false when it is absent or expired.
+	Get(ctx context.Context, key string) ([]byte, bool, error)
+	// Set stores value under key for ttl; zero ttl means no expiry.
+	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
+	// SetMany stores entries in one round trip where the store allows.
+	SetMany(ctx context.Context, entries []Entry) error
+	// Name says which store this is, for logs and health output.
+	Name() string
+	Close() error
+}
+
+// ResultKey is the key of a cached result: kind plus a hash of the
+// canonical input.
+func ResultKey(kind, hash string) string {
+	return KeyPrefix + "result:" + kind + ":" + hash
+}
+
+// SnapshotKey is the key of a group's latest snapshot.
+func SnapshotKey(service, op string) string {
+	return KeyPrefix + "snapshot:" + service + ":" + op
+}
+
+// ParseSnapshotKey returns the service and op of a snapshot key.
+func ParseSnapshotKey(key string) (service, op string, ok bool) {
+	rest, ok := strings.CutPrefix(key, KeyPrefix+"snapshot:")
+	if !ok {
+		return "", "", false
+	}
+	return strings.Cut(rest, ":")
+}

@@ -1,0 +1,139 @@
+// Package testenv starts real servers for tests: an embedded nats-server
+// with JetStream on a random port and a temporary store, and a redis-server
+// process on a free port. Everything it starts is stopped by t.Cleanup.
+//
+// Redis tests skip when redis-server is not installed, except under CI
+// (CI=true), where a missing server fails the test instead of hiding it.
+package testenv
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"testing"
+	"time"
+
+	"github.com/redis/go-redis/v9"
+
+	"github.com/perfpipe/perfpipe/internal/broker"
+	"github.com/perfpipe/perfpipe/internal/bus"
+)
+
+// NATS starts an embedded NATS server with JetStream and returns its
+// client URL.
+func NATS(t testing.TB) string {
+	t.Helper()
+	srv, err := broker.Start(broker.Config{Port: -1, StoreDir: t.TempDir()})
+	if err != nil {
+		t.Fatalf("start nats: %v", err)
+	}
+	t.Cleanup(srv.Shutdown)
+	return srv.ClientURL()
+}
+
+// Conn connects to url, creates the perfpipe streams, and closes the
+// connection at cleanup.
+func Conn(t testing.TB, url string) *bus.Conn {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+	defer cancel()
+	c, err := bus.Connect(ctx, url, t.Name(), Logger(t))
+	if err != nil {
+		t.Fatalf("connect: %v", err)
+	}
+	t.Cleanup(c.Close)
+	if err := c.EnsureStreams(ctx); err != nil {
+		t.Fatalf("ensure streams: %v", err)
+	}
+	return c
+}
+
+// Logger returns a logger that writes through t.Log at debug level when
+// PERFPIPE_TEST_LOG is set, and discards otherwise.
+func Logger(t testing.TB) *slog.Logger {
+	if os.Getenv("PERFPIPE_TEST_LOG") == "" {
+		return slog.New(slog.DiscardHandler)
+	}
+	return slog.New(slog.NewTextHandler(testWriter{t}, &slog.HandlerOptions{Level: slog.LevelDebug}))
+}
+
+type testWriter struct{ t testing.TB }
+
+func (w testWriter) Write(p []byte) (int, error) {
+	w.t.Log(string(p))
+	return len(p), nil
+}
+
+// RequireRedis reports whether redis-server is on PATH. Without it the test
+// is skipped, or failed under CI.
+func RequireRedis(t testing.TB) string {
+	t.Helper()
+	path, err := exec.LookPath("redis-server")
+	if err == nil {
+		return path
+	}
+	if os.Getenv("CI") != "" {
+		t.Fatalf("redis-server not found under CI: install it (apt-get install redis-server)")
+	}
+	t.Skip("redis-server not installed; set CI=true to make this a failure")
+	return ""
+}
+
+// Redis starts a redis-server on a free loopback port with no persistence
+// and returns its URL.
+func Redis(t testing.TB) string {
+	t.Helper()
+	bin := RequireRedis(t)
+	port := FreePort(t)
+	dir := t.TempDir()
+
+	cmd := exec.Command(bin,
+		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", dir,
+		"--logfile", filepath.Join(dir, "redis.log"))
+	if err := cmd.Start(); err != nil {
+		t.Fatalf("start redis-server: %v", err)
+	}
+	t.Cleanup(func() {
+		_ = cmd.Process.Kill()
+		_ = cmd.Wait()
+	})
+
+	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
+	opts, _ := redis.ParseURL(url)
+	client := redis.NewClient(opts)
+	defer client.Close()
+	WaitFor(t, 10*time.Second, "redis-server to answer", func() bool {
+		return client.Ping(context.Background()).Err() == nil
+	})
+	return url
+}
+
+// FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.
+func FreePort(t testing.TB) int {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatalf("free port: %v", err)
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port
+}
+
+// WaitFor polls cond every 20 ms until it holds or timeout passes, then
+// fails the test naming what it waited for.
+func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(timeout)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out after %s waiting for %s", timeout, what)
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
