@@ -9,7 +9,7 @@ const (
 )
 
 // Timing is one measured step, published by every service on
-// TimingSubject(service, op). Producers may also send a TimingBatch.
+// TimingSubject(service, op).
 type Timing struct {
 	Meta
 	Service string `msgpack:"service" json:"service"`
@@ -74,7 +74,8 @@ type Snapshot struct {
 	End     time.Time     `msgpack:"end" json:"end"`
 	Count   int64         `msgpack:"count" json:"count"`
 	Errors  int64         `msgpack:"errors" json:"errors"`
-	// Rate is Count per second over the window.
+	// Rate is Count per second over the window, or over the time since
+	// the group's first sample when that is shorter.
 	Rate   float64 `msgpack:"rate" json:"rate"`
 	MinMs  float64 `msgpack:"min_ms" json:"min_ms"`
 	MaxMs  float64 `msgpack:"max_ms" json:"max_ms"`
@@ -85,7 +86,11 @@ type Snapshot struct {
 	P99Ms  float64 `msgpack:"p99_ms" json:"p99_ms"`
 	P999Ms float64 `msgpack:"p999_ms" json:"p999_ms"`
 	// Total counts every sample of the group since the aggregator started.
-	Total    int64            `msgpack:"total" json:"total"`
+	Total int64 `msgpack:"total" json:"total"`
+	// Dropped counts the group's samples since the aggregator started that
+	// were valid but fell outside the window: older than it, or too far in
+	// the future.
+	Dropped  int64            `msgpack:"dropped,omitempty" json:"dropped,omitempty"`
 	Cache    *CacheFigures    `msgpack:"cache,omitempty" json:"cache,omitempty"`
 	Resource *ResourceFigures `msgpack:"resource,omitempty" json:"resource,omitempty"`
 }

@@ -1,0 +1,67 @@
+package main
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+
+	"github.com/peterbourgon/ff/v3/ffcli"
+
+	"github.com/perfpipe/perfpipe/internal/broker"
+)
+
+// allServices is every service, in the order they start.
+var allServices = []string{"scheduler", "batcher", "agent", "aggregator", "monitor"}
+
+func upCommand() *ffcli.Command {
+	fs, g := newFlagSet("up")
+	w := &wiring{}
+	w.bindScheduler(fs)
+	w.bindBatcher(fs)
+	w.bindAgent(fs)
+	w.bindAggregator(fs)
+	w.bindMonitor(fs)
+	w.bindStore(fs)
+	w.bindHTTP(fs, "127.0.0.1:8080")
+	storeDir := fs.String("store-dir", "data/nats", "JetStream store folder of the embedded NATS server")
+	listen := fs.String("listen", "127.0.0.1:4222", "client address of the embedded NATS server")
+	external := fs.Bool("external-nats", false, "use the server at --nats-url instead of an embedded one")
+
+	return &ffcli.Command{
+		Name:       "up",
+		ShortUsage: "perfpipe up [flags]",
+		ShortHelp:  "run all five services on an embedded NATS server",
+		LongHelp: "Starts an embedded NATS server with JetStream (or uses --nats-url with\n" +
+			"--external-nats), and runs the scheduler, batcher, agent, aggregator and\n" +
+			"monitor in this process over real NATS connections.",
+		FlagSet: fs,
+		Options: envOptions(),
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			}
+			if !*external {
+				srv, err := startBroker(*listen, *storeDir)
+				if err != nil {
+					return err
+				}
+				defer srv.Shutdown()
+				g.natsURL = srv.ClientURL()
+			}
+			return runServices(ctx, g, w, allServices...)
+		},
+	}
+}
+
+func startBroker(listen, storeDir string) (*broker.Server, error) {
+	host, portStr, err := net.SplitHostPort(listen)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --listen %q: %v", errUsage, listen, err)
+	}
+	port, err := strconv.Atoi(portStr)
+	if err != nil {
+		return nil, fmt.Errorf("%w: --listen %q: bad port", errUsage, listen)
+	}
+	return broker.Start(broker.Config{Host: host, Port: port, StoreDir: storeDir})
+}

@@ -1,0 +1,70 @@
+package api
+
+import (
+	"encoding/json"
+	"errors"
+	"net/http"
+	"net/http/httptest"
+	"strings"
+	"testing"
+
+	"github.com/perfpipe/perfpipe/pkg/events"
+)
+
+type fixedSnaps []events.Snapshot
+
+func (f fixedSnaps) Snapshots(filter string) []events.Snapshot {
+	var out []events.Snapshot
+	for _, s := range f {
+		if filter == "" || strings.HasPrefix(s.Service+"."+s.Op, filter) {
+			out = append(out, s)
+		}
+	}
+	return out
+}
+
+func TestHandler(t *testing.T) {
+	snaps := fixedSnaps{{Service: "agent", Op: "http", Count: 3}, {Service: "batcher", Op: "batch"}}
+	healthy := map[string]Check{"nats": func() error { return nil }}
+	broken := map[string]Check{"nats": func() error { return errors.New("disconnected") }}
+
+	tests := []struct {
+		name     string
+		checks   map[string]Check
+		path     string
+		wantCode int
+		wantBody string
+	}{
+		{"healthy", healthy, "/healthz", 200, `"status": "ok"`},
+		{"degraded", broken, "/healthz", 503, `"nats": "disconnected"`},
+		{"all snapshots", healthy, "/snapshots", 200, `"service": "batcher"`},
+		{"filtered", healthy, "/snapshots?group=agent.http", 200, `"count": 3`},
+		{"no match", healthy, "/snapshots?group=zzz", 200, `[]`},
+		{"wrong method", healthy, "/snapshots", 405, ""},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			srv := httptest.NewServer(NewHandler(tt.checks, snaps))
+			defer srv.Close()
+			method := http.MethodGet
+			if tt.wantCode == 405 {
+				method = http.MethodPost
+			}
+			req, _ := http.NewRequest(method, srv.URL+tt.path, nil)
+			resp, err := http.DefaultClient.Do(req)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer resp.Body.Close()
+			var body json.RawMessage
+			_ = json.NewDecoder(resp.Body).Decode(&body)
+			if resp.StatusCode != tt.wantCode {
+				t.Errorf("status = %d, want %d", resp.StatusCode, tt.wantCode)
+			}
+			pretty, _ := json.MarshalIndent(body, "", "  ")
+			if !strings.Contains(string(pretty), tt.wantBody) {
+				t.Errorf("body = %s, want it to contain %s", pretty, tt.wantBody)
+			}
+		})
+	}
+}

@@ -1,0 +1,379 @@
+package agent
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sync/atomic"
+	"time"
+
+	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
+	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/singleflight"
+	"golang.org/x/time/rate"
+
+	"github.com/perfpipe/perfpipe/internal/bus"
+	"github.com/perfpipe/perfpipe/internal/cache"
+	"github.com/perfpipe/perfpipe/internal/timing"
+	"github.com/perfpipe/perfpipe/pkg/events"
+)
+
+// serviceName is how the agent names itself in timings and dead letters.
+const serviceName = "agent"
+
+// Service runs batches of work items. Make one with New and call Run once.
+type Service struct {
+	conn    *bus.Conn
+	store   cache.Store
+	reg     *Registry
+	cfg     Config
+	log     *slog.Logger
+	timings *timing.Recorder
+	name    string
+	retry   middleware.Retry
+
+	// slots holds one token per busy worker.
+	slots chan struct{}
+	// flight collapses concurrent runs of the same cache key.
+	flight singleflight.Group
+
+	cacheErrors atomic.Int64
+	cacheWarn   rate.Sometimes
+	pullWarn    rate.Sometimes
+}
+
+// New returns an agent that runs the kinds of reg. store may be nil: the
+// agent then runs without a result cache.
+func New(
+	conn *bus.Conn, store cache.Store, reg *Registry, cfg Config, log *slog.Logger,
+) (*Service, error) {
+	if conn == nil || reg == nil {
+		return nil, errors.New("agent: nil connection or registry")
+	}
+	if err := cfg.Validate(); err != nil {
+		return nil, err
+	}
+	cfg = cfg.withDefaults()
+	if log == nil {
+		log = slog.Default()
+	}
+	log = log.With("service", serviceName)
+
+	name := cfg.Name
+	if name == "" {
+		name, _ = os.Hostname()
+	}
+	return &Service{
+		conn:      conn,
+		store:     store,
+		reg:       reg,
+		cfg:       cfg,
+		log:       log,
+		timings:   timing.NewRecorder(conn, serviceName, log),
+		name:      name,
+		retry:     newRetry(cfg),
+		slots:     make(chan struct{}, cfg.Workers),
+		cacheWarn: rate.Sometimes{Interval: 30 * time.Second},
+		pullWarn:  rate.Sometimes{Interval: 30 * time.Second},
+	}, nil
+}
+
+// Run pulls and runs batches until ctx is cancelled. It then stops
+// pulling, lets in-flight items finish within Config.DrainTimeout, naks
+// the batches it could not finish, and returns nil. It returns an error
+// only when it cannot start consuming.
+func (s *Service) Run(ctx context.Context) error {
+	cons, err := s.conn.Consumer(ctx, events.StreamBatches, jetstream.ConsumerConfig{
+		Durable:       s.cfg.Durable,
+		FilterSubject: events.BatchAll,
+		AckWait:       s.cfg.AckWait,
+		MaxAckPending: s.cfg.MaxAckPending,
+	})
+	if err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return fmt.Errorf("agent: %w", err)
+	}
+	s.log.Info("agent running", "agent", s.name, "durable", s.cfg.Durable,
+		"workers", s.cfg.Workers, "kinds", s.reg.Kinds(), "cache", s.storeName())
+
+	// Items run under work, which outlives ctx by up to the drain time,
+	// so that they can finish and publish their results.
+	work, stop := context.WithCancel(context.WithoutCancel(ctx))
+	defer stop()
+	var g errgroup.Group
+	g.Go(func() error {
+		s.consume(ctx, work, cons, &g)
+		return nil
+	})
+	<-ctx.Done()
+	s.drain(&g, stop)
+
+	flushCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	s.timings.Flush(flushCtx)
+	s.log.Info("agent stopped")
+	return nil
+}
+
+func (s *Service) storeName() string {
+	if s.store == nil {
+		return "none"
+	}
+	return s.store.Name()
+}
+
+// consume pulls one batch whenever a worker is free and starts its items
+// on g, until ctx is cancelled. The items of a batch already pulled keep
+// starting until work is cancelled too.
+func (s *Service) consume(ctx, work context.Context, cons jetstream.Consumer, g *errgroup.Group) {
+	for s.acquire(ctx) {
+		msg, err := s.next(ctx, cons)
+		if msg == nil {
+			s.release()
+			if err != nil {
+				s.pullWarn.Do(func() { s.log.Warn("pull failed, retrying", "err", err) })
+				sleep(ctx, time.Second)
+			}
+			continue
+		}
+		s.startBatch(ctx, work, g, msg)
+	}
+}
+
+// next waits up to PollWait for a batch. It returns nil and no error
+// when none came or ctx was cancelled.
+func (s *Service) next(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
+	pollCtx, cancel := context.WithTimeout(ctx, s.cfg.PollWait)
+	defer cancel()
+	msg, err := cons.Next(jetstream.FetchContext(pollCtx))
+	switch {
+	case err == nil:
+		return msg, nil
+	case errors.Is(err, nats.ErrTimeout), pollCtx.Err() != nil:
+		return nil, nil
+	}
+	return nil, err
+}
+
+// acquire takes a worker slot, waiting until one is free or ctx ends.
+func (s *Service) acquire(ctx context.Context) bool {
+	if ctx.Err() != nil {
+		return false
+	}
+	select {
+	case s.slots <- struct{}{}:
+		return true
+	case <-ctx.Done():
+		return false
+	}
+}
+
+func (s *Service) release() { <-s.slots }
+
+// startBatch decodes msg and starts its items, the first one on the slot
+// the caller holds. Items that cannot start because work ended leave the
+// batch unfinished, to be nak'ed.
+func (s *Service) startBatch(ctx, work context.Context, g *errgroup.Group, msg jetstream.Msg) {
+	var batch events.Batch
+	if err := events.Unmarshal(msg.Data(), &batch); err != nil {
+		s.release()
+		s.rejectBatch(work, msg, err)
+		return
+	}
+	b := newBatchRun(msg, &batch)
+	s.log.Debug("batch received", "batch_id", batch.ID, "kind", b.kind,
+		"items", len(batch.Items))
+	g.Go(func() error {
+		s.watch(ctx, b)
+		return nil
+	})
+
+	if len(batch.Items) == 0 {
+		s.release()
+		return
+	}
+	for i := range batch.Items {
+		if i > 0 && !s.acquire(ctx) {
+			b.abandon(len(batch.Items) - i)
+			return
+		}
+		req := &batch.Items[i]
+		g.Go(func() error {
+			defer s.release()
+			b.finish(s.safeRunItem(work, b, req))
+			return nil
+		})
+	}
+}
+
+// rejectBatch dead-letters a batch message that cannot be read and
+// terminates it; if the dead letter fails, the batch comes back later.
+func (s *Service) rejectBatch(ctx context.Context, msg jetstream.Msg, err error) {
+	dl := &events.DeadLetter{
+		Kind:    events.LastToken(msg.Subject()),
+		Subject: msg.Subject(),
+		Service: serviceName,
+		Reason:  batchReason(err),
+		Error:   err.Error(),
+		Data:    msg.Data(),
+	}
+	if dlErr := s.conn.DeadLetter(ctx, dl); dlErr != nil {
+		s.log.Warn("dead letter failed, batch will be redelivered",
+			"subject", msg.Subject(), "err", dlErr)
+		_ = msg.NakWithDelay(time.Second)
+		return
+	}
+	_ = msg.Term()
+}
+
+// batchReason is the dead-letter reason of a batch that Unmarshal refused.
+func batchReason(err error) string {
+	switch {
+	case errors.Is(err, events.ErrDecode):
+		return "undecodable"
+	case errors.Is(err, events.ErrWrongType):
+		return "wrong type"
+	case errors.Is(err, events.ErrSchema):
+		return "unsupported schema"
+	}
+	return "invalid batch"
+}
+
+// safeRunItem runs one item and turns a panic outside the handler into an
+// unfinished item, so that the batch is nak'ed and the agent goes on.
+func (s *Service) safeRunItem(ctx context.Context, b *batchRun, req *events.WorkRequest) (ok bool) {
+	defer func() {
+		if p := recover(); p != nil {
+			s.log.Error("item panicked", "batch_id", b.batch.ID, "id", req.ID, "panic", p)
+			ok = false
+		}
+	}()
+	return s.runItem(ctx, b, req)
+}
+
+// watch keeps a running batch from being redelivered, and acks it when
+// every item has its result or naks it when one could not finish.
+func (s *Service) watch(ctx context.Context, b *batchRun) {
+	tick := time.NewTicker(s.cfg.AckWait / 3)
+	defer tick.Stop()
+	for {
+		select {
+		case <-tick.C:
+			if err := b.msg.InProgress(); err != nil {
+				s.log.Debug("batch progress not sent", "batch_id", b.batch.ID, "err", err)
+			}
+		case <-b.done:
+			s.settle(ctx, b)
+			return
+		}
+	}
+}
+
+// settle acks or naks a finished batch and records its time.
+func (s *Service) settle(ctx context.Context, b *batchRun) {
+	var err error
+	status := events.TimingOK
+	switch {
+	case !b.failed.Load():
+		err = b.msg.Ack()
+	case ctx.Err() != nil:
+		// Shutting down: let another agent take it now.
+		status = events.TimingError
+		err = b.msg.Nak()
+	default:
+		status = events.TimingError
+		err = b.msg.NakWithDelay(time.Second)
+	}
+	s.timings.Record("batch", status, time.Since(b.start))
+	s.log.Debug("batch done", "batch_id", b.batch.ID, "kind", b.kind,
+		"items", len(b.batch.Items), "status", status)
+	if err != nil {
+		s.log.Warn("batch ack failed, it will be redelivered", "batch_id", b.batch.ID,
+			"err", err)
+	}
+}
+
+// drain waits for the goroutines of g, and stops the items still running
+// DrainTimeout after Run's context was cancelled.
+func (s *Service) drain(g *errgroup.Group, stop context.CancelFunc) {
+	done := make(chan struct{})
+	go func() {
+		_ = g.Wait()
+		close(done)
+	}()
+
+	timer := time.NewTimer(s.cfg.DrainTimeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+	case <-timer.C:
+		s.log.Warn("drain timed out, stopping in-flight items; their batches are nak'ed",
+			"drain_timeout", s.cfg.DrainTimeout, "busy_workers", len(s.slots))
+		stop()
+		<-done
+	}
+}
+
+// batchRun tracks the items of one batch until all have finished.
+type batchRun struct {
+	msg   jetstream.Msg
+	batch *events.Batch
+	kind  string
+	start time.Time
+
+	remaining atomic.Int64
+	failed    atomic.Bool
+	done      chan struct{}
+}
+
+func newBatchRun(msg jetstream.Msg, batch *events.Batch) *batchRun {
+	b := &batchRun{
+		msg:   msg,
+		batch: batch,
+		kind:  batch.Kind,
+		start: time.Now(),
+		done:  make(chan struct{}),
+	}
+	if b.kind == "" {
+		b.kind = events.LastToken(msg.Subject())
+	}
+	b.remaining.Store(int64(len(batch.Items)))
+	if len(batch.Items) == 0 {
+		close(b.done)
+	}
+	return b
+}
+
+// finish records that one item ended, with its result published or not.
+func (b *batchRun) finish(ok bool) {
+	if !ok {
+		b.failed.Store(true)
+	}
+	if b.remaining.Add(-1) == 0 {
+		close(b.done)
+	}
+}
+
+// abandon records that the last n items will not run.
+func (b *batchRun) abandon(n int) {
+	b.failed.Store(true)
+	if b.remaining.Add(-int64(n)) == 0 {
+		close(b.done)
+	}
+}
+
+// sleep waits for d or until ctx ends.
+func sleep(ctx context.Context, d time.Duration) {
+	t := time.NewTimer(d)
+	defer t.Stop()
+	select {
+	case <-t.C:
+	case <-ctx.Done():
+	}
+}

@@ -1,0 +1,28 @@
+// Package agent runs batches of work items and publishes one result per
+// item. It is the stage of perfpipe that does the work:
+//
+//	work.batch.<kind> -> [PERFPIPE_BATCHES] -> agent -> work.result.<kind>
+//
+// A [Service] pulls batches from a durable consumer only when one of its
+// workers is free, runs every item through the [Handler] registered for the
+// item's kind, and acks the batch once each of its items has a published
+// result. Handlers live in a [Registry]; [NewBuiltins] returns one with the
+// built-in kinds (http, csv and sleep) and users add their own with
+// [Registry.Register].
+//
+// Each item runs through watermill middleware: a timeout for the whole
+// item, retries with exponential backoff and jitter for transient errors,
+// and panic recovery. A handler marks an error that no retry can fix with
+// [Permanent]; such an item, like one that used up its attempts, gets a
+// result with status error and a record on the dead-letter stream. Items of
+// an unknown kind or past their deadline are dead-lettered with status dead.
+//
+// Results of kinds with a cache TTL are kept in a [cache.Store] under the
+// kind and a hash of the canonical payload; a repeated request is answered
+// from the cache, and concurrent identical requests run once.
+//
+// Lifecycle: [New], then [Service.Run] until its context is cancelled.
+// Run stops pulling, gives in-flight items [Config.DrainTimeout] to finish,
+// naks the batches it could not finish so that another agent picks them
+// up, and returns.
+package agent

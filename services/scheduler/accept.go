@@ -1,0 +1,223 @@
+package scheduler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
+
+	"github.com/perfpipe/perfpipe/pkg/events"
+)
+
+// rejection is why a WORK message is dead-lettered.
+type rejection struct {
+	reason string // short and readable, such as "invalid request"
+	err    error
+}
+
+// admission is what schedule does with an accepted item.
+type admission int
+
+const (
+	admitStore     admission = iota // keep it in the bucket until released
+	admitRelease                    // release it now, bypassing the bucket
+	admitDuplicate                  // a redelivery of an item held already
+)
+
+// handle accepts, dead-letters or naks one WORK message. A panic naks it.
+func (s *Service) handle(ctx context.Context, msg jetstream.Msg) {
+	start := time.Now()
+	// A message taken in is finished even when the service is stopping.
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), msgTimeout)
+	defer cancel()
+	defer func() {
+		if r := recover(); r != nil {
+			s.log.Error("panic handling work", "subject", msg.Subject(), "panic", r)
+			s.nak(msg)
+		}
+	}()
+
+	meta, err := msg.Metadata()
+	if err != nil {
+		s.log.Error("work message without metadata", "subject", msg.Subject(), "err", err)
+		s.nak(msg)
+		return
+	}
+
+	req, rej := s.decode(msg, meta)
+	if rej != nil {
+		err := s.reject(ctx, msg, meta, req, rej)
+		status := "dead"
+		if err != nil {
+			status = events.TimingError
+		}
+		s.rec.Record(opAccept, status, time.Since(start))
+		if err != nil {
+			s.log.Warn("dead letter failed, will retry", "subject", msg.Subject(), "err", err)
+			s.nak(msg)
+		}
+		return
+	}
+
+	err = s.schedule(ctx, msg, req)
+	s.rec.Since(opAccept, start, err)
+	if err != nil {
+		s.log.Warn("work not accepted, will retry", "id", req.ID, "err", err)
+		s.nak(msg)
+	}
+}
+
+// decode reads the request and stamps its ID and trace. It returns the
+// request, when readable, with a rejection when it must not be scheduled.
+func (s *Service) decode(msg jetstream.Msg, meta *jetstream.MsgMetadata) (
+	*events.WorkRequest, *rejection) {
+	var req events.WorkRequest
+	if err := events.Unmarshal(msg.Data(), &req); err != nil {
+		return nil, &rejection{reason: reasonFor(err), err: err}
+	}
+	if req.ID == "" {
+		// The stream sequence is the same on every redelivery.
+		req.ID = fmt.Sprintf("w-%d", meta.Sequence.Stream)
+	}
+
+	kind := events.LastToken(msg.Subject())
+	if req.Kind == "" {
+		req.Kind = kind
+	}
+	if req.Kind != kind {
+		err := fmt.Errorf("work request %s: kind %q on subject %s", req.ID, req.Kind,
+			msg.Subject())
+		return &req, &rejection{reason: "kind mismatch", err: err}
+	}
+	if err := req.Validate(); err != nil {
+		return &req, &rejection{reason: "invalid request", err: err}
+	}
+
+	if req.Trace.Submitted.IsZero() {
+		req.Trace.Submitted = meta.Timestamp
+	}
+	req.Trace.Accepted = time.Now()
+	return &req, nil
+}
+
+// reasonFor names a decoding error for a dead letter.
+func reasonFor(err error) string {
+	switch {
+	case errors.Is(err, events.ErrWrongType):
+		return "wrong event type"
+	case errors.Is(err, events.ErrSchema):
+		return "unsupported schema"
+	default:
+		return "undecodable"
+	}
+}
+
+// reject dead-letters msg and terminates it. When the request was read, a
+// result with status dead first tells whoever waits for it.
+func (s *Service) reject(ctx context.Context, msg jetstream.Msg, meta *jetstream.MsgMetadata,
+	req *events.WorkRequest, rej *rejection) error {
+	kind := events.LastToken(msg.Subject())
+	dl := &events.DeadLetter{
+		Kind: kind, Subject: msg.Subject(), Service: Name,
+		Reason: rej.reason, Error: rej.err.Error(),
+		Attempts: int(meta.NumDelivered), Data: msg.Data(),
+	}
+	if req != nil {
+		dl.ID = req.ID
+		if err := s.publishDead(ctx, kind, req, rej); err != nil {
+			return err
+		}
+	}
+
+	if err := s.conn.DeadLetter(ctx, dl); err != nil {
+		return err
+	}
+	s.dead.Add(1)
+	if err := msg.Term(); err != nil {
+		s.log.Debug("term failed", "subject", msg.Subject(), "err", err)
+	}
+	return nil
+}
+
+// publishDead publishes the result of a rejected request. Its ID is the
+// message ID, so a redelivery does not publish it twice.
+func (s *Service) publishDead(ctx context.Context, kind string, req *events.WorkRequest,
+	rej *rejection) error {
+	now := time.Now()
+	res := &events.Result{
+		ID: req.ID, Kind: kind, Status: events.StatusDead,
+		Error:    rej.reason + ": " + rej.err.Error(),
+		Priority: req.Priority, Finished: now,
+	}
+	if !req.Trace.Submitted.IsZero() {
+		res.Stages.EndToEnd = events.Duration(now.Sub(req.Trace.Submitted))
+	}
+	return s.conn.Publish(ctx, events.ResultSubject(kind), res, req.ID)
+}
+
+// schedule releases req at once when it is due, nothing due waits before
+// it and there is credit; otherwise it stores req in the bucket and queues
+// it. Either way the WORK message is acked only after that step.
+func (s *Service) schedule(ctx context.Context, msg jetstream.Msg,
+	req *events.WorkRequest) error {
+	it := newItem(*req)
+	switch s.admit(it, time.Now()) {
+	case admitDuplicate:
+		s.log.Debug("redelivered work already held", "id", req.ID)
+		s.ack(msg)
+		return nil
+	case admitRelease:
+		if err := s.release(ctx, it); err != nil {
+			s.giveBack(it, false)
+			return err
+		}
+		s.accepted.Add(1)
+		s.ack(msg)
+		return nil
+	}
+
+	key, err := s.store.put(ctx, &it.req)
+	if err != nil {
+		return err
+	}
+	it.key = key
+	s.hold(it, time.Now())
+	s.notify()
+	s.accepted.Add(1)
+	s.ack(msg)
+	s.log.Debug("work held", "id", req.ID, "kind", req.Kind, "priority", req.Priority,
+		"due", it.due)
+	return nil
+}
+
+// admit decides what schedule does with it, and reserves credit for an
+// item it releases at once.
+func (s *Service) admit(it *item, now time.Time) admission {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.held[it.req.ID] {
+		return admitDuplicate
+	}
+	s.q.promote(now)
+	if it.due.After(now) || s.q.readyLen() > 0 || !s.hasCredit(now) {
+		return admitStore
+	}
+	s.reserve(it.req.ID, now)
+	return admitRelease
+}
+
+func (s *Service) ack(msg jetstream.Msg) {
+	// A lost ack means a redelivery, which the held IDs and READY's
+	// de-duplication absorb.
+	if err := msg.Ack(); err != nil {
+		s.log.Debug("ack failed", "subject", msg.Subject(), "err", err)
+	}
+}
+
+func (s *Service) nak(msg jetstream.Msg) {
+	if err := msg.NakWithDelay(retryDelay); err != nil {
+		s.log.Debug("nak failed", "subject", msg.Subject(), "err", err)
+	}
+}

@@ -1,0 +1,189 @@
+package scheduler
+
+import (
+	"context"
+	"time"
+
+	"github.com/perfpipe/perfpipe/pkg/events"
+)
+
+// releaseLoop releases items as they fall due and as credit comes back.
+// It sleeps on one timer set to the next moment anything can change.
+func (s *Service) releaseLoop(ctx context.Context) error {
+	timer := time.NewTimer(idleWait)
+	defer timer.Stop()
+	for {
+		timer.Reset(s.releaseDue(ctx))
+		select {
+		case <-ctx.Done():
+			return nil
+		case <-s.wake:
+		case <-timer.C:
+		}
+	}
+}
+
+// releaseDue releases every due item the credit allows, highest effective
+// priority first, and returns how long to sleep before looking again.
+func (s *Service) releaseDue(ctx context.Context) time.Duration {
+	for ctx.Err() == nil {
+		it := s.take(time.Now())
+		if it == nil {
+			return s.untilNext(time.Now())
+		}
+
+		// A release begun is finished, so that its bucket entry goes.
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), msgTimeout)
+		err := s.release(rctx, it)
+		cancel()
+		if err != nil {
+			wait := s.giveBack(it, true)
+			s.log.Warn("release failed, retrying", "id", it.req.ID, "retry_in", wait,
+				"err", err)
+			return wait
+		}
+	}
+	return 0
+}
+
+// release publishes the item to READY with its ID as the message ID, then
+// removes it from the bucket. A crash in between releases it again after
+// the restart, and READY drops the copy.
+func (s *Service) release(ctx context.Context, it *item) error {
+	req := it.req
+	req.Trace.Released = time.Now()
+	if err := s.conn.Publish(ctx, events.ReadySubject(req.Kind), &req, req.ID); err != nil {
+		return err
+	}
+	s.released.Add(1)
+	s.rec.Record(opRelease, events.TimingOK, req.Trace.Released.Sub(req.Trace.Accepted))
+	s.log.Debug("work released", "id", req.ID, "kind", req.Kind, "priority", req.Priority,
+		"late", lateness(it.due, req.Trace.Released))
+
+	s.mu.Lock()
+	delete(s.held, req.ID)
+	s.backoff = 0
+	s.mu.Unlock()
+	if it.key == "" {
+		return nil
+	}
+	if err := s.store.remove(ctx, it.key); err != nil {
+		s.log.Warn("released item left in bucket; a restart releases it again",
+			"id", req.ID, "err", err)
+	}
+	return nil
+}
+
+// take pops the next item to release and reserves its credit, or returns
+// nil when nothing is due or there is no credit.
+func (s *Service) take(now time.Time) *item {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	if s.q.readyLen() == 0 && !s.dueBy(now) {
+		return nil
+	}
+	if !s.hasCredit(now) {
+		return nil
+	}
+	it := s.q.pop(now)
+	if it != nil {
+		s.reserve(it.req.ID, now)
+	}
+	return it
+}
+
+// dueBy reports whether the earliest waiting item is due at now.
+func (s *Service) dueBy(now time.Time) bool {
+	due, ok := s.q.nextDue()
+	return ok && !due.After(now)
+}
+
+// giveBack returns the credit of an item whose release failed. When
+// queued is true the item goes back in its place and the returned wait
+// is the release loop's next backoff.
+func (s *Service) giveBack(it *item, queued bool) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	delete(s.inflight, it.req.ID)
+	if !queued {
+		return 0
+	}
+	s.q.requeue(it)
+	s.backoff = min(max(2*s.backoff, minBackoff), maxBackoff)
+	return s.backoff
+}
+
+// untilNext is how long the release loop can sleep: until the next item
+// falls due or, when due items wait for credit, until the oldest in-flight
+// item expires. Results and new items wake it sooner.
+func (s *Service) untilNext(now time.Time) time.Duration {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	next, ok := s.q.nextDue()
+	if s.q.readyLen() > 0 {
+		if oldest, found := s.oldestInFlight(); found {
+			exp := oldest.Add(s.cfg.InFlightTimeout)
+			if !ok || exp.Before(next) {
+				next, ok = exp, true
+			}
+		}
+	}
+	if !ok {
+		return idleWait
+	}
+	return max(next.Sub(now), 0)
+}
+
+// hasCredit reports whether another item may be released, first dropping
+// in-flight items that are past InFlightTimeout. Callers hold s.mu.
+func (s *Service) hasCredit(now time.Time) bool {
+	limit := s.cfg.MaxInFlight
+	if limit < 0 {
+		return true
+	}
+	if len(s.inflight) >= limit {
+		s.expire(now)
+	}
+	return len(s.inflight) < limit
+}
+
+// reserve counts id as in flight. Without a limit nothing is counted.
+// Callers hold s.mu.
+func (s *Service) reserve(id string, now time.Time) {
+	if s.cfg.MaxInFlight >= 0 {
+		s.inflight[id] = now
+	}
+}
+
+// expire drops in-flight items released InFlightTimeout ago or earlier.
+// Callers hold s.mu.
+func (s *Service) expire(now time.Time) {
+	for id, at := range s.inflight {
+		if now.Sub(at) >= s.cfg.InFlightTimeout {
+			delete(s.inflight, id)
+			s.expired.Add(1)
+			s.log.Debug("in-flight item expired without a result", "id", id)
+		}
+	}
+}
+
+// oldestInFlight returns the earliest release time in flight. Callers
+// hold s.mu.
+func (s *Service) oldestInFlight() (time.Time, bool) {
+	var oldest time.Time
+	for _, at := range s.inflight {
+		if oldest.IsZero() || at.Before(oldest) {
+			oldest = at
+		}
+	}
+	return oldest, !oldest.IsZero()
+}
+
+// lateness is how long after due an item was released; zero when it had
+// no due time.
+func lateness(due, released time.Time) time.Duration {
+	if due.IsZero() {
+		return 0
+	}
+	return released.Sub(due)
+}
