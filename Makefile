@@ -14,7 +14,7 @@ build:
 	$(GO) build -o $(BIN) ./cmd/perfpipe
 
 run: build
-	./$(BIN) up --store-dir $(STORE)
+	./$(BIN) up --store-dir $(STORE) --csv-data-dir testdata/prices
 
 vet:
 	$(GO) vet $(PKGS)

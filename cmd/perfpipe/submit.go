@@ -339,4 +339,3 @@ func (t *tally) report(w io.Writer, format string, elapsed time.Duration) error 
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }
-

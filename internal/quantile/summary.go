@@ -21,12 +21,17 @@ import (
 // them into a sketch.
 const ExactLimit = 1000
 
-// RelativeAccuracy of quantiles once a summary has switched to a sketch.
+// RelativeAccuracy is the promised relative error of quantiles once a
+// summary has switched to a sketch.
 const RelativeAccuracy = 0.01
 
-// maxBins bounds a sketch's memory: 2048 bins at 1% cover values over
+// sketchAccuracy is the sketch's own accuracy: half the promise, so that
+// float rounding at bucket edges never takes a result past it.
+const sketchAccuracy = RelativeAccuracy / 2
+
+// maxBins bounds a sketch's memory: 4096 bins at 0.5% cover values over
 // about 17 orders of magnitude before the lowest bins collapse.
-const maxBins = 2048
+const maxBins = 4096
 
 // ErrBadValue is returned by Add for NaN or infinite values.
 var ErrBadValue = errors.New("quantile: value is NaN or infinite")
@@ -72,7 +77,7 @@ func (s *Summary) observe(sum float64, n int64, lo, hi float64) {
 
 // fold moves the exact values into a new sketch.
 func (s *Summary) fold() {
-	sk, err := ddsketch.LogCollapsingLowestDenseDDSketch(RelativeAccuracy, maxBins)
+	sk, err := ddsketch.LogCollapsingLowestDenseDDSketch(sketchAccuracy, maxBins)
 	if err != nil {
 		panic(fmt.Sprintf("quantile: sketch config: %v", err)) // constant arguments
 	}

@@ -67,13 +67,13 @@ type CacheFigures struct {
 // in milliseconds; quantiles are nearest-rank and absent when Count is 0.
 type Snapshot struct {
 	Meta
-	Service string        `msgpack:"service" json:"service"`
-	Op      string        `msgpack:"op" json:"op"`
-	Window  time.Duration `msgpack:"window" json:"window"`
-	Start   time.Time     `msgpack:"start" json:"start"`
-	End     time.Time     `msgpack:"end" json:"end"`
-	Count   int64         `msgpack:"count" json:"count"`
-	Errors  int64         `msgpack:"errors" json:"errors"`
+	Service string    `msgpack:"service" json:"service"`
+	Op      string    `msgpack:"op" json:"op"`
+	Window  Duration  `msgpack:"window" json:"window"`
+	Start   time.Time `msgpack:"start" json:"start"`
+	End     time.Time `msgpack:"end" json:"end"`
+	Count   int64     `msgpack:"count" json:"count"`
+	Errors  int64     `msgpack:"errors" json:"errors"`
 	// Rate is Count per second over the window, or over the time since
 	// the group's first sample when that is shorter.
 	Rate   float64 `msgpack:"rate" json:"rate"`

@@ -199,7 +199,7 @@ func (s *Service) startBatch(ctx, work context.Context, g *errgroup.Group, msg j
 		return
 	}
 	for i := range batch.Items {
-		if i > 0 && !s.acquire(ctx) {
+		if i > 0 && !s.acquire(work) {
 			b.abandon(len(batch.Items) - i)
 			return
 		}
@@ -247,7 +247,9 @@ func batchReason(err error) string {
 
 // safeRunItem runs one item and turns a panic outside the handler into an
 // unfinished item, so that the batch is nak'ed and the agent goes on.
-func (s *Service) safeRunItem(ctx context.Context, b *batchRun, req *events.WorkRequest) (ok bool) {
+func (s *Service) safeRunItem(
+	ctx context.Context, b *batchRun, req *events.WorkRequest,
+) (ok bool) {
 	defer func() {
 		if p := recover(); p != nil {
 			s.log.Error("item panicked", "batch_id", b.batch.ID, "id", req.ID, "panic", p)

@@ -87,7 +87,9 @@ func results(t *testing.T, c *collector[events.Result]) map[string]events.Result
 }
 
 // waitResults waits until every id has a result and returns them all.
-func waitResults(t *testing.T, c *collector[events.Result], ids ...string) map[string]events.Result {
+func waitResults(
+	t *testing.T, c *collector[events.Result], ids ...string,
+) map[string]events.Result {
 	t.Helper()
 	testenv.WaitFor(t, waitTime, fmt.Sprintf("results of %v", ids), func() bool {
 		byID := results(t, c)
@@ -102,7 +104,9 @@ func waitResults(t *testing.T, c *collector[events.Result], ids ...string) map[s
 }
 
 // deadByID waits for a dead letter of each id and returns them by ID.
-func deadByID(t *testing.T, c *collector[events.DeadLetter], ids ...string) map[string]events.DeadLetter {
+func deadByID(
+	t *testing.T, c *collector[events.DeadLetter], ids ...string,
+) map[string]events.DeadLetter {
 	t.Helper()
 	byID := map[string]events.DeadLetter{}
 	testenv.WaitFor(t, waitTime, fmt.Sprintf("dead letters of %v", ids), func() bool {
@@ -191,7 +195,7 @@ func fastRetries() agent.Config {
 		RetryInitial: 5 * time.Millisecond,
 		RetryMax:     20 * time.Millisecond,
 		PollWait:     time.Second,
-		CSV:          agent.CSVConfig{DataDir: "testdata"},
+		CSV:          agent.CSVConfig{DataDir: priceDir},
 	}
 }
 
@@ -553,3 +557,5 @@ func TestAgentShutdownRedeliversUnfinishedBatches(t *testing.T) {
 	}
 	waitBatchesSettled(t, conn)
 }
+
+const priceDir = "../../testdata/prices"

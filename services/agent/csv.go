@@ -138,7 +138,9 @@ func (h *csvHandler) open(name string) (*os.File, error) {
 }
 
 // summarise reads the CSV stream r, checking ctx every ChunkRows rows.
-func (h *csvHandler) summarise(ctx context.Context, r io.Reader, in *csvRequest) (*csvOutput, error) {
+func (h *csvHandler) summarise(
+	ctx context.Context, r io.Reader, in *csvRequest,
+) (*csvOutput, error) {
 	cr := csv.NewReader(bufio.NewReaderSize(r, 64<<10))
 	cr.ReuseRecord = true
 	header, err := cr.Read()

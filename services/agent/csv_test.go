@@ -89,7 +89,7 @@ func closeEnough(got, want float64) bool {
 }
 
 func TestCSVYearlyStats(t *testing.T) {
-	files, err := filepath.Glob("testdata/*.csv")
+	files, err := filepath.Glob(priceDir + "/*.csv")
 	if err != nil || len(files) == 0 {
 		t.Fatalf("no price files in testdata: %v", err)
 	}
@@ -100,7 +100,7 @@ func TestCSVYearlyStats(t *testing.T) {
 			payload := `{"file": "` + name + `", "group": "Date", "group_prefix": 4,
 				"values": ["Close", "Volume"]}`
 
-			got, err := runCSV(t, CSVConfig{DataDir: "testdata", ChunkRows: 100}, payload)
+			got, err := runCSV(t, CSVConfig{DataDir: priceDir, ChunkRows: 100}, payload)
 			if err != nil {
 				t.Fatalf("Handle() error = %v", err)
 			}
@@ -169,34 +169,34 @@ func TestCSVErrors(t *testing.T) {
 		payload string
 		want    string // in the error text
 	}{
-		{"dot dot", CSVConfig{DataDir: "testdata"},
+		{"dot dot", CSVConfig{DataDir: priceDir},
 			`{"file": "../csv.go", "group": "Date", "values": ["Close"]}`, "escapes"},
-		{"absolute", CSVConfig{DataDir: "testdata"},
+		{"absolute", CSVConfig{DataDir: priceDir},
 			`{"file": "/etc/passwd", "group": "Date", "values": ["Close"]}`, "/etc/passwd"},
 		{"symlink out", CSVConfig{DataDir: dir},
 			`{"file": "link.csv", "group": "Date", "values": ["Close"]}`, "escapes"},
 		{"no data dir", CSVConfig{},
 			`{"file": "AAPL.csv", "group": "Date", "values": ["Close"]}`, "no data dir"},
-		{"missing file", CSVConfig{DataDir: "testdata"},
+		{"missing file", CSVConfig{DataDir: priceDir},
 			`{"file": "NOPE.csv", "group": "Date", "values": ["Close"]}`, "NOPE.csv"},
-		{"bad column", CSVConfig{DataDir: "testdata"},
+		{"bad column", CSVConfig{DataDir: priceDir},
 			`{"file": "AAPL.csv", "group": "Date", "values": ["Closing"]}`,
 			`no column "Closing"`},
-		{"bad group column", CSVConfig{DataDir: "testdata"},
+		{"bad group column", CSVConfig{DataDir: priceDir},
 			`{"file": "AAPL.csv", "group": "Day", "values": ["Close"]}`, `no column "Day"`},
 		{"bad number", CSVConfig{DataDir: dir},
 			`{"file": "bad.csv", "group": "Date", "values": ["Close"]}`,
 			`row 3 column "Close": bad number "x"`},
 		{"empty file", CSVConfig{DataDir: dir},
 			`{"file": "empty.csv", "group": "Date", "values": ["Close"]}`, "empty file"},
-		{"too many groups", CSVConfig{DataDir: "testdata", MaxGroups: 5},
+		{"too many groups", CSVConfig{DataDir: priceDir, MaxGroups: 5},
 			`{"file": "AAPL.csv", "group": "Date", "values": ["Close"]}`, "more than 5 groups"},
-		{"no values", CSVConfig{DataDir: "testdata"},
+		{"no values", CSVConfig{DataDir: priceDir},
 			`{"file": "AAPL.csv", "group": "Date", "values": []}`, "no value columns"},
-		{"bad quantile", CSVConfig{DataDir: "testdata"},
+		{"bad quantile", CSVConfig{DataDir: priceDir},
 			`{"file": "AAPL.csv", "group": "Date", "values": ["Close"], "quantile": 2}`,
 			"quantile 2"},
-		{"unknown field", CSVConfig{DataDir: "testdata"},
+		{"unknown field", CSVConfig{DataDir: priceDir},
 			`{"file": "AAPL.csv", "group": "Date", "value": ["Close"]}`, "bad payload"},
 	}
 	for _, tt := range tests {
@@ -239,3 +239,5 @@ func writeFile(t testing.TB, dir, name, content string) {
 		t.Fatal(err)
 	}
 }
+
+const priceDir = "../../testdata/prices"

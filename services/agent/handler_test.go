@@ -226,7 +226,7 @@ func TestResultStages(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			got := stages(tt.trace, at(100), 5*time.Millisecond, at(105))
+			got := stages(tt.trace, at(100), at(105), 5*time.Millisecond)
 			if got != tt.want {
 				t.Errorf("stages() = %+v, want %+v", got, tt.want)
 			}

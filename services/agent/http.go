@@ -94,7 +94,9 @@ func (h *httpHandler) checkRedirect(req *http.Request, via []*http.Request) erro
 
 // Handle implements Handler. Transport errors, 429 and 5xx are transient;
 // any other status is a success that the output reports.
-func (h *httpHandler) Handle(ctx context.Context, req *events.WorkRequest) (events.Payload, error) {
+func (h *httpHandler) Handle(
+	ctx context.Context, req *events.WorkRequest,
+) (events.Payload, error) {
 	hreq, err := h.request(ctx, req.Payload)
 	if err != nil {
 		return nil, fmt.Errorf("http %s: %w", req.ID, err)

@@ -137,13 +137,13 @@ func (s *Service) result(req *events.WorkRequest, r run) *events.Result {
 		res.Status = events.StatusError
 		res.Error = errorText(r.err)
 	}
-	res.Stages = stages(req.Trace, res.Started, r.took, res.Finished)
+	res.Stages = stages(req.Trace, res.Started, res.Finished, r.took)
 	return res
 }
 
 // stages splits an item's life into the stages its trace shows; a stage
 // with a missing end is zero.
-func stages(t events.Trace, started time.Time, took time.Duration, finished time.Time) events.Stages {
+func stages(t events.Trace, started, finished time.Time, took time.Duration) events.Stages {
 	return events.Stages{
 		Queued:    between(t.Submitted, t.Accepted),
 		Scheduled: between(t.Accepted, t.Released),

@@ -42,7 +42,7 @@ func (g *group) snapshot(end time.Time) events.Snapshot {
 	f := g.win.read(end)
 	snap := events.Snapshot{
 		Service: g.key.service, Op: g.key.op,
-		Window: g.win.size, Start: end.Add(-g.win.size), End: end,
+		Window: events.Duration(g.win.size), Start: end.Add(-g.win.size), End: end,
 		Count: f.n, Errors: f.errors, Total: g.total, Dropped: g.dropped,
 	}
 	if f.active > 0 {

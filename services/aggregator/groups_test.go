@@ -63,7 +63,7 @@ func TestTableStatuses(t *testing.T) {
 			run.Errors, run.Count, run.Total, run.MaxMs)
 	}
 	wantStart, wantEnd := at(-9*time.Second), at(time.Second)
-	if !run.Start.Equal(wantStart) || !run.End.Equal(wantEnd) || run.Window != 10*time.Second {
+	if !run.Start.Equal(wantStart) || !run.End.Equal(wantEnd) || run.Window.Std() != 10*time.Second {
 		t.Errorf("run window %s from %s to %s, want 10s from %s to %s",
 			run.Window, run.Start, run.End, wantStart, wantEnd)
 	}

@@ -87,7 +87,7 @@ func TestEndToEnd(t *testing.T) {
 	natsURL := testenv.NATS(t)
 	redisURL := testenv.Redis(t)
 	web := httpServer(t)
-	dataDir, _ := filepath.Abs("testdata/prices")
+	dataDir, _ := filepath.Abs("../../testdata/prices")
 
 	conn := testenv.Conn(t, natsURL)
 	res := followResults(t, conn)
