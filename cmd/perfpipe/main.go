@@ -11,6 +11,7 @@ import (
 	"errors"
 	"flag"
 	"fmt"
+	"io"
 	"log/slog"
 	"os"
 	"os/signal"
@@ -29,23 +30,38 @@ var errUsage = errors.New("usage")
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	os.Exit(run(ctx, os.Args[1:]))
+	os.Exit(run(ctx, os.Args[1:], os.Stdout))
 }
 
-func run(ctx context.Context, args []string) int {
+// run runs the command in args, printing results to stdout and errors to
+// stderr, and returns the exit code: 0, 1 for a failure, 2 for bad usage.
+func run(ctx context.Context, args []string, stdout io.Writer) int {
 	root := &ffcli.Command{
 		Name:       "perfpipe",
+		FlagSet:    flag.NewFlagSet("perfpipe", flag.ContinueOnError),
 		ShortUsage: "perfpipe <command> [flags]",
 		LongHelp: "A work pipeline that measures itself. Start everything with `perfpipe up`,\n" +
 			"submit work with `perfpipe submit`, watch it with `perfpipe watch`.",
 		Subcommands: []*ffcli.Command{
 			upCommand(), schedulerCommand(), batcherCommand(), agentCommand(),
-			aggregatorCommand(), monitorCommand(), submitCommand(), watchCommand(),
+			aggregatorCommand(), monitorCommand(), submitCommand(stdout), watchCommand(stdout),
 		},
-		Exec: func(context.Context, []string) error { return flag.ErrHelp },
+		Exec: func(_ context.Context, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+			}
+			return flag.ErrHelp
+		},
 	}
 
-	err := root.ParseAndRun(ctx, args)
+	err := root.Parse(args)
+	if err != nil && !errors.Is(err, flag.ErrHelp) {
+		fmt.Fprintln(os.Stderr, "perfpipe:", err)
+		return 2
+	}
+	if err == nil {
+		err = root.Run(ctx)
+	}
 	switch {
 	case err == nil:
 		return 0

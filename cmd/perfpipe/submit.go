@@ -36,7 +36,7 @@ type submitFlags struct {
 	output   string
 }
 
-func submitCommand() *ffcli.Command {
+func submitCommand(stdout io.Writer) *ffcli.Command {
 	fs, g := newFlagSet("submit")
 	f := &submitFlags{}
 	fs.StringVar(&f.kind, "kind", "sleep", "kind of work (http, csv, sleep, or a registered kind)")
@@ -57,12 +57,12 @@ func submitCommand() *ffcli.Command {
 		FlagSet:    fs,
 		Options:    envOptions(),
 		Exec: func(ctx context.Context, _ []string) error {
-			return runSubmit(ctx, g, f)
+			return runSubmit(ctx, stdout, g, f)
 		},
 	}
 }
 
-func runSubmit(ctx context.Context, g *globals, f *submitFlags) error {
+func runSubmit(ctx context.Context, stdout io.Writer, g *globals, f *submitFlags) error {
 	log, err := g.logger()
 	if err != nil {
 		return err
@@ -97,7 +97,7 @@ func runSubmit(ctx context.Context, g *globals, f *submitFlags) error {
 		return err
 	}
 	if !f.wait {
-		fmt.Printf("submitted %d requests\n", len(reqs))
+		fmt.Fprintf(stdout, "submitted %d requests\n", len(reqs))
 		return nil
 	}
 
@@ -107,7 +107,7 @@ func runSubmit(ctx context.Context, g *globals, f *submitFlags) error {
 	case <-tally.done:
 	case <-waitCtx.Done():
 	}
-	return tally.report(os.Stdout, f.output, time.Since(start))
+	return tally.report(stdout, f.output, time.Since(start))
 }
 
 // requests builds the work requests from the flags or the file.

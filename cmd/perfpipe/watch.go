@@ -4,7 +4,6 @@ import (
 	"context"
 	"fmt"
 	"io"
-	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -18,7 +17,7 @@ import (
 	"github.com/perfpipe/perfpipe/pkg/events"
 )
 
-func watchCommand() *ffcli.Command {
+func watchCommand(stdout io.Writer) *ffcli.Command {
 	fs, g := newFlagSet("watch")
 	once := fs.Bool("once", false, "print one table and exit")
 	wait := fs.Duration("wait", 3*time.Second, "with --once: how long to collect snapshots")
@@ -41,7 +40,7 @@ func watchCommand() *ffcli.Command {
 				return err
 			}
 			defer conn.Close()
-			return runWatch(ctx, conn.NC, os.Stdout, *once, *wait, *every, *group)
+			return runWatch(ctx, conn.NC, stdout, *once, *wait, *every, *group)
 		},
 	}
 }

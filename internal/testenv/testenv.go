@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"strconv"
+	"sync"
 	"testing"
 	"time"
 
@@ -136,4 +137,42 @@ func WaitFor(t testing.TB, timeout time.Duration, what string, cond func() bool)
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
+}
+
+// Runner is a service: Run blocks until ctx ends.
+type Runner interface {
+	Run(ctx context.Context) error
+}
+
+// Run starts svc.Run in a goroutine and returns stop, which cancels it,
+// waits for Run to return (failing the test after within), and returns
+// Run's error. stop may be called more than once; cleanup calls it and
+// reports a non-nil error.
+func Run(t testing.TB, svc Runner, within time.Duration) (stop func() error) {
+	t.Helper()
+	ctx, cancel := context.WithCancel(context.Background())
+	done := make(chan error, 1)
+	go func() { done <- svc.Run(ctx) }()
+
+	var (
+		once sync.Once
+		err  error
+	)
+	stop = func() error {
+		once.Do(func() {
+			cancel()
+			select {
+			case err = <-done:
+			case <-time.After(within):
+				err = fmt.Errorf("run did not return within %s of cancel", within)
+			}
+		})
+		return err
+	}
+	t.Cleanup(func() {
+		if err := stop(); err != nil {
+			t.Errorf("run: %v", err)
+		}
+	})
+	return stop
 }

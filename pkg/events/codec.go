@@ -133,3 +133,19 @@ func Unmarshal(data []byte, ev Event) error {
 	}
 	return nil
 }
+
+// Reason is the short dead-letter reason for an error from Unmarshal or
+// Validate: "undecodable", "wrong type", "unsupported schema" or "invalid
+// request". Other errors give "invalid request" when they wrap ErrInvalid
+// and "undecodable" otherwise.
+func Reason(err error) string {
+	switch {
+	case errors.Is(err, ErrWrongType):
+		return "wrong type"
+	case errors.Is(err, ErrSchema):
+		return "unsupported schema"
+	case errors.Is(err, ErrInvalid):
+		return "invalid request"
+	}
+	return "undecodable"
+}
