@@ -36,24 +36,7 @@ func main() {
 // run runs the command in args, printing results to stdout and errors to
 // stderr, and returns the exit code: 0, 1 for a failure, 2 for bad usage.
 func run(ctx context.Context, args []string, stdout io.Writer) int {
-	root := &ffcli.Command{
-		Name:       "perfpipe",
-		FlagSet:    flag.NewFlagSet("perfpipe", flag.ContinueOnError),
-		ShortUsage: "perfpipe <command> [flags]",
-		LongHelp: "A work pipeline that measures itself. Start everything with `perfpipe up`,\n" +
-			"submit work with `perfpipe submit`, watch it with `perfpipe watch`.",
-		Subcommands: []*ffcli.Command{
-			upCommand(), schedulerCommand(), batcherCommand(), agentCommand(),
-			aggregatorCommand(), monitorCommand(), submitCommand(stdout), watchCommand(stdout),
-		},
-		Exec: func(_ context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
-			}
-			return flag.ErrHelp
-		},
-	}
-
+	root := newRoot(stdout)
 	err := root.Parse(args)
 	if err != nil && !errors.Is(err, flag.ErrHelp) {
 		fmt.Fprintln(os.Stderr, "perfpipe:", err)
@@ -73,6 +56,27 @@ func run(ctx context.Context, args []string, stdout io.Writer) int {
 	default:
 		fmt.Fprintln(os.Stderr, "perfpipe:", err)
 		return 1
+	}
+}
+
+// newRoot builds the command tree.
+func newRoot(stdout io.Writer) *ffcli.Command {
+	return &ffcli.Command{
+		Name:       "perfpipe",
+		FlagSet:    flag.NewFlagSet("perfpipe", flag.ContinueOnError),
+		ShortUsage: "perfpipe <command> [flags]",
+		LongHelp: "A work pipeline that measures itself. Start everything with `perfpipe up`,\n" +
+			"submit work with `perfpipe submit`, watch it with `perfpipe watch`.",
+		Subcommands: []*ffcli.Command{
+			upCommand(), schedulerCommand(), batcherCommand(), agentCommand(),
+			aggregatorCommand(), monitorCommand(), submitCommand(stdout), watchCommand(stdout),
+		},
+		Exec: func(_ context.Context, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("%w: unknown command %q", errUsage, args[0])
+			}
+			return flag.ErrHelp
+		},
 	}
 }
 
