@@ -219,7 +219,7 @@ func (s *Service) rejectBatch(ctx context.Context, msg jetstream.Msg, err error)
 		Kind:    events.LastToken(msg.Subject()),
 		Subject: msg.Subject(),
 		Service: serviceName,
-		Reason:  batchReason(err),
+		Reason:  events.Reason(err),
 		Error:   err.Error(),
 		Data:    msg.Data(),
 	}
@@ -230,19 +230,6 @@ func (s *Service) rejectBatch(ctx context.Context, msg jetstream.Msg, err error)
 		return
 	}
 	_ = msg.Term()
-}
-
-// batchReason is the dead-letter reason of a batch that Unmarshal refused.
-func batchReason(err error) string {
-	switch {
-	case errors.Is(err, events.ErrDecode):
-		return "undecodable"
-	case errors.Is(err, events.ErrWrongType):
-		return "wrong type"
-	case errors.Is(err, events.ErrSchema):
-		return "unsupported schema"
-	}
-	return "invalid batch"
 }
 
 // safeRunItem runs one item and turns a panic outside the handler into an

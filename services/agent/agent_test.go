@@ -124,9 +124,10 @@ func deadByID(
 }
 
 // startAgent runs an agent until the returned stop is called or the test
-// ends; stop checks that Run returns nil in time.
+// ends; stop returns Run's error, or an error when Run does not return in
+// time, and the test's cleanup reports one.
 func startAgent(t *testing.T, conn *bus.Conn, store cache.Store, reg *agent.Registry,
-	cfg agent.Config) (stop func()) {
+	cfg agent.Config) (stop func() error) {
 	t.Helper()
 	if cfg.Name == "" {
 		cfg.Name = "test-agent"
@@ -135,26 +136,7 @@ func startAgent(t *testing.T, conn *bus.Conn, store cache.Store, reg *agent.Regi
 	if err != nil {
 		t.Fatalf("New() error = %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-
-	var once sync.Once
-	stop = func() {
-		once.Do(func() {
-			cancel()
-			select {
-			case err := <-done:
-				if err != nil {
-					t.Errorf("Run() error = %v", err)
-				}
-			case <-time.After(waitTime):
-				t.Errorf("Run() did not return %s after cancel", waitTime)
-			}
-		})
-	}
-	t.Cleanup(stop)
-	return stop
+	return testenv.Run(t, svc, waitTime)
 }
 
 var batchSeq atomic.Int64
@@ -506,7 +488,9 @@ func TestAgentShutdownDrainsInFlightItems(t *testing.T) {
 	publishBatch(t, conn, "gate", item("z1", `{}`), item("z2", `{}`), item("z3", `{}`),
 		item("z4", `{}`))
 	g.waitStarted(t, 2)
-	stop()
+	if err := stop(); err != nil {
+		t.Errorf("Run() error = %v", err)
+	}
 
 	got := results(t, res)
 	testenv.WaitFor(t, waitTime, "results read back", func() bool {
@@ -541,7 +525,9 @@ func TestAgentShutdownRedeliversUnfinishedBatches(t *testing.T) {
 		t.Errorf("ack pending %d, pending %d; want 1 batch running, 1 waiting",
 			info.NumAckPending, info.NumPending)
 	}
-	stop()
+	if err := stop(); err != nil {
+		t.Errorf("Run() error = %v", err)
+	}
 	if got := results(t, res); len(got) != 0 {
 		t.Errorf("results after a stopped drain: %v, want none", got)
 	}

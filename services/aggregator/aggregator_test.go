@@ -42,20 +42,7 @@ func start(t *testing.T, conn *bus.Conn, store cache.Store) *Service {
 	if err != nil {
 		t.Fatalf("new: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("run: %v, want nil after cancel", err)
-			}
-		case <-time.After(10 * time.Second):
-			t.Errorf("run did not return within 10s of cancel")
-		}
-	})
+	testenv.Run(t, svc, 10*time.Second)
 	return svc
 }
 

@@ -323,18 +323,17 @@ func (s *Service) deadLetter(ctx context.Context, msg jetstream.Msg,
 // reason is the short dead-letter reason for err.
 func reason(err error) string {
 	switch {
-	case errors.Is(err, events.ErrDecode):
-		return "undecodable"
-	case errors.Is(err, events.ErrWrongType):
-		return "wrong type"
-	case errors.Is(err, events.ErrSchema):
-		return "unsupported schema"
-	case errors.Is(err, events.ErrInvalid), errors.Is(err, ErrNoKind):
+	case errors.Is(err, ErrNoKind):
 		return "invalid request"
 	case errors.Is(err, errOversized):
 		return "oversized"
 	}
-	return "unbatchable"
+	r := events.Reason(err)
+	if r == "undecodable" && !errors.Is(err, events.ErrDecode) {
+		// Read but not batched, such as missing metadata.
+		return "unbatchable"
+	}
+	return r
 }
 
 // recoverMsg turns a panic on msg into a redelivery.

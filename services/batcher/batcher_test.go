@@ -213,39 +213,15 @@ func TestNewRejects(t *testing.T) {
 }
 
 // start runs a batcher until the test ends. stop cancels it and returns
-// Run's error; it fails the test if Run does not return in time.
+// Run's error, or an error if Run does not return within the shutdown
+// timeout and 5 s; cleanup reports either.
 func start(t *testing.T, conn *bus.Conn, cfg Config) (*Service, func() error) {
 	t.Helper()
 	svc, err := New(conn, cfg, testenv.Logger(t))
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-
-	var result error
-	stopped := false
-	stop := func() error {
-		if stopped {
-			return result
-		}
-		stopped = true
-		cancel()
-		limit := svc.cfg.ShutdownTimeout + 5*time.Second
-		select {
-		case result = <-done:
-		case <-time.After(limit):
-			t.Fatalf("Run did not return within %s of cancel", limit)
-		}
-		return result
-	}
-	t.Cleanup(func() {
-		if err := stop(); err != nil {
-			t.Errorf("Run() = %v, want nil", err)
-		}
-	})
-	return svc, stop
+	return svc, testenv.Run(t, svc, svc.cfg.ShutdownTimeout+5*time.Second)
 }
 
 // publishMixed publishes counts[kind] ready items of each kind,

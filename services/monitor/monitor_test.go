@@ -156,21 +156,13 @@ func TestRunReturnsOnCancel(t *testing.T) {
 		t.Fatalf("New: %v", err)
 	}
 
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
+	stop := testenv.Run(t, svc, 3*time.Second)
 	testenv.WaitFor(t, 5*time.Second, "a first reading", func() bool {
 		return len(svc.Latest()) > 0
 	})
 
-	cancel()
-	select {
-	case err := <-done:
-		if err != nil {
-			t.Errorf("Run() = %v, want nil", err)
-		}
-	case <-time.After(3 * time.Second):
-		t.Fatalf("Run did not return within 3s of cancel")
+	if err := stop(); err != nil {
+		t.Fatalf("Run() = %v, want nil", err)
 	}
 }
 
@@ -204,21 +196,7 @@ func startMonitor(t *testing.T, conn *bus.Conn, cfg Config) *Service {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-
-	ctx, cancel := context.WithCancel(context.Background())
-	done := make(chan error, 1)
-	go func() { done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		cancel()
-		select {
-		case err := <-done:
-			if err != nil {
-				t.Errorf("Run() = %v, want nil", err)
-			}
-		case <-time.After(5 * time.Second):
-			t.Errorf("Run did not return within 5s of cancel")
-		}
-	})
+	testenv.Run(t, svc, 5*time.Second)
 	return svc
 }
 

@@ -2,7 +2,6 @@ package scheduler
 
 import (
 	"context"
-	"errors"
 	"fmt"
 	"time"
 
@@ -75,7 +74,7 @@ func (s *Service) decode(msg jetstream.Msg, meta *jetstream.MsgMetadata) (
 	*events.WorkRequest, *rejection) {
 	var req events.WorkRequest
 	if err := events.Unmarshal(msg.Data(), &req); err != nil {
-		return nil, &rejection{reason: reasonFor(err), err: err}
+		return nil, &rejection{reason: events.Reason(err), err: err}
 	}
 	if req.ID == "" {
 		// The stream sequence is the same on every redelivery.
@@ -100,18 +99,6 @@ func (s *Service) decode(msg jetstream.Msg, meta *jetstream.MsgMetadata) (
 	}
 	req.Trace.Accepted = time.Now()
 	return &req, nil
-}
-
-// reasonFor names a decoding error for a dead letter.
-func reasonFor(err error) string {
-	switch {
-	case errors.Is(err, events.ErrWrongType):
-		return "wrong event type"
-	case errors.Is(err, events.ErrSchema):
-		return "unsupported schema"
-	default:
-		return "undecodable"
-	}
 }
 
 // reject dead-letters msg and terminates it. When the request was read, a

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -23,13 +24,18 @@ const waitTimeout = 10 * time.Second
 
 // running is a Service running on its own connection.
 type running struct {
-	svc    *Service
-	conn   *bus.Conn
-	cancel context.CancelFunc
-	done   chan error
-	once   sync.Once
-	err    error
+	svc  *Service
+	conn *bus.Conn
+	// stop cancels the service and returns Run's error, or an error when
+	// Run does not return within 15 s.
+	stop   func() error
+	killed atomic.Bool
 }
+
+// runFunc adapts a function to testenv.Runner.
+type runFunc func(ctx context.Context) error
+
+func (f runFunc) Run(ctx context.Context) error { return f(ctx) }
 
 // start runs a Service against url; cleanup stops it.
 func start(t *testing.T, url string, cfg Config) *running {
@@ -39,46 +45,25 @@ func start(t *testing.T, url string, cfg Config) *running {
 	if err != nil {
 		t.Fatalf("New: %v", err)
 	}
-	ctx, cancel := context.WithCancel(context.Background())
-	r := &running{svc: svc, conn: conn, cancel: cancel, done: make(chan error, 1)}
-	go func() { r.done <- svc.Run(ctx) }()
-	t.Cleanup(func() {
-		if err := r.stop(t); err != nil {
-			t.Errorf("Run: %v", err)
+	r := &running{svc: svc, conn: conn}
+	r.stop = testenv.Run(t, runFunc(func(ctx context.Context) error {
+		err := svc.Run(ctx)
+		if r.killed.Load() {
+			return nil // whatever Run returns after kill is accepted
 		}
-	})
+		return err
+	}), 15*time.Second)
 	return r
 }
 
-// stop cancels the service and waits for Run to return.
-func (r *running) stop(t *testing.T) error {
-	t.Helper()
-	r.once.Do(func() {
-		r.cancel()
-		select {
-		case r.err = <-r.done:
-		case <-time.After(15 * time.Second):
-			r.err = errors.New("Run did not return 15 s after cancel")
-		}
-	})
-	return r.err
-}
-
-// kill stops the service abruptly: its context ends and its connection
-// closes at once, without draining. Whatever Run returns is accepted.
+// kill stops the service abruptly: its connection closes and its context
+// ends at once, without draining. Whatever Run returns is accepted.
 func (r *running) kill(t *testing.T) {
 	t.Helper()
-	r.cancel()
+	r.killed.Store(true)
 	r.conn.NC.Close()
-	r.once.Do(func() {
-		select {
-		case <-r.done:
-		case <-time.After(15 * time.Second):
-			r.err = errors.New("Run did not return 15 s after kill")
-		}
-	})
-	if r.err != nil {
-		t.Fatal(r.err)
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
 	}
 }
 

@@ -213,7 +213,7 @@ func (s *Service) restore(ctx context.Context) error {
 func (s *Service) dropStored(ctx context.Context, e storedItem, err error) {
 	dl := &events.DeadLetter{
 		Kind: "unknown", Subject: s.store.subject(e.key), Service: Name,
-		Reason: reasonFor(err), Error: err.Error(), Data: e.data,
+		Reason: events.Reason(err), Error: err.Error(), Data: e.data,
 	}
 	if err := s.conn.DeadLetter(ctx, dl); err != nil {
 		s.log.Warn("unreadable pending item kept", "key", e.key, "err", err)

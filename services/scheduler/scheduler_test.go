@@ -265,7 +265,7 @@ func TestDeadLetters(t *testing.T) {
 	}{
 		{name: "garbage", data: []byte("\xc1\xff not an event"), wantReason: "undecodable"},
 		{name: "bad json", data: []byte(`{"id":"x","bogus":1}`), wantReason: "undecodable"},
-		{name: "wrong type", data: wrongType, wantReason: "wrong event type"},
+		{name: "wrong type", data: wrongType, wantReason: "wrong type"},
 		{name: "newer schema", data: []byte(`{"v":99,"id":"s-1"}`),
 			wantReason: "unsupported schema"},
 		{name: "kind mismatch", data: []byte(`{"id":"km-1","kind":"other"}`),
