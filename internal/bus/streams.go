@@ -30,8 +30,8 @@ func StreamConfigs() []jetstream.StreamConfig {
 		}
 	}
 	telemetry := work(events.StreamTelemetry, events.TimingAll, 15*time.Minute)
-	telemetry.Subjects = append(telemetry.Subjects, events.ResourceAll)
-	telemetry.Duplicates = 0
+	telemetry.Subjects = append(telemetry.Subjects, events.BatchTimingAll, events.ResourceAll)
+	telemetry.Duplicates = 30 * time.Second
 
 	return []jetstream.StreamConfig{
 		work(events.StreamWork, events.SubmitAll, 24*time.Hour),

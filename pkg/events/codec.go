@@ -24,6 +24,7 @@ const (
 	TypeResult      Type = "work.result"
 	TypeDeadLetter  Type = "work.dead"
 	TypeTiming      Type = "perf.timing"
+	TypeTimingBatch Type = "perf.batch"
 	TypeResource    Type = "perf.resource"
 	TypeSnapshot    Type = "perf.snapshot"
 )

@@ -24,6 +24,42 @@ type Timing struct {
 // EventType implements Event.
 func (*Timing) EventType() Type { return TypeTiming }
 
+// TimingBatch carries one producer's timings of one flush interval,
+// summarised per (op, status), the way DogStatsD clients ship
+// distributions: producers record locally and send one message per flush
+// instead of one per sample. It is published on BatchTimingSubject(service)
+// with the Nats-Msg-Id "<instance>.<seq>", so a resend is stored once.
+type TimingBatch struct {
+	Meta
+	Service string `msgpack:"service" json:"service"`
+	Host    string `msgpack:"host,omitempty" json:"host,omitempty"`
+	// Instance identifies the producing process; unique per start.
+	Instance string `msgpack:"instance" json:"instance"`
+	// Seq numbers the instance's flushes from 1.
+	Seq uint64 `msgpack:"seq" json:"seq"`
+	// Start and End bound the event times of every sample in the batch.
+	// Producers align flushes to multiples of their interval, so a batch
+	// falls inside one aggregation bucket when the bucket size is a
+	// multiple of the interval.
+	Start  time.Time     `msgpack:"start" json:"start"`
+	End    time.Time     `msgpack:"end" json:"end"`
+	Deltas []TimingDelta `msgpack:"deltas" json:"deltas"`
+}
+
+// EventType implements Event.
+func (*TimingBatch) EventType() Type { return TypeTimingBatch }
+
+// TimingDelta summarises the samples of one (op, status) in a batch.
+type TimingDelta struct {
+	Op     string `msgpack:"op" json:"op"`
+	Status string `msgpack:"status,omitempty" json:"status,omitempty"`
+	// Summary is the samples' durations in milliseconds as a mergeable
+	// summary: a msgpack map {n, sum, min, max, exact: [values] while n
+	// is at most 1000, or sketch: DDSketch bytes (DataDog sketches-go
+	// encoding, 0.5% relative accuracy)}.
+	Summary []byte `msgpack:"summary" json:"summary"`
+}
+
 // Resource is one reading of CPU and memory, for the host and for one
 // perfpipe process, published by the monitor on ResourceSubject.
 type Resource struct {

@@ -14,26 +14,28 @@ const (
 
 // Subject prefixes. A full subject adds one or two tokens.
 const (
-	SubmitPrefix   = "work.submit."
-	ReadyPrefix    = "work.ready."
-	BatchPrefix    = "work.batch."
-	ResultPrefix   = "work.result."
-	DeadPrefix     = "work.dead."
-	TimingPrefix   = "perf.timing."
-	ResourcePrefix = "perf.resource."
-	SnapshotPrefix = "perf.snapshot."
+	SubmitPrefix      = "work.submit."
+	ReadyPrefix       = "work.ready."
+	BatchPrefix       = "work.batch."
+	ResultPrefix      = "work.result."
+	DeadPrefix        = "work.dead."
+	TimingPrefix      = "perf.timing."
+	BatchTimingPrefix = "perf.batch."
+	ResourcePrefix    = "perf.resource."
+	SnapshotPrefix    = "perf.snapshot."
 )
 
 // Wildcard subjects, one per stream, and the snapshot wildcard.
 const (
-	SubmitAll   = SubmitPrefix + ">"
-	ReadyAll    = ReadyPrefix + ">"
-	BatchAll    = BatchPrefix + ">"
-	ResultAll   = ResultPrefix + ">"
-	DeadAll     = DeadPrefix + ">"
-	TimingAll   = TimingPrefix + ">"
-	ResourceAll = ResourcePrefix + ">"
-	SnapshotAll = SnapshotPrefix + ">"
+	SubmitAll      = SubmitPrefix + ">"
+	ReadyAll       = ReadyPrefix + ">"
+	BatchAll       = BatchPrefix + ">"
+	ResultAll      = ResultPrefix + ">"
+	DeadAll        = DeadPrefix + ">"
+	TimingAll      = TimingPrefix + ">"
+	BatchTimingAll = BatchTimingPrefix + ">"
+	ResourceAll    = ResourcePrefix + ">"
+	SnapshotAll    = SnapshotPrefix + ">"
 )
 
 // SubmitSubject is where users publish work requests of a kind.
@@ -55,6 +57,9 @@ func DeadSubject(kind string) string { return DeadPrefix + Token(kind) }
 func TimingSubject(service, op string) string {
 	return TimingPrefix + Token(service) + "." + Token(op)
 }
+
+// BatchTimingSubject is where a service publishes its timing batches.
+func BatchTimingSubject(service string) string { return BatchTimingPrefix + Token(service) }
 
 // ResourceSubject is where the monitor publishes readings of a service on
 // a host.
