@@ -68,7 +68,7 @@ func newRoot(stdout io.Writer) *ffcli.Command {
 		LongHelp: "A work pipeline that measures itself. Start everything with `perfpipe up`,\n" +
 			"submit work with `perfpipe submit`, watch it with `perfpipe watch`.",
 		Subcommands: []*ffcli.Command{
-			upCommand(), schedulerCommand(), batcherCommand(), agentCommand(),
+			upCommand(), serverCommand(), schedulerCommand(), batcherCommand(), agentCommand(),
 			aggregatorCommand(), monitorCommand(), submitCommand(stdout), watchCommand(stdout),
 		},
 		Exec: func(_ context.Context, args []string) error {

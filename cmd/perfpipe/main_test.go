@@ -30,6 +30,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad priority", []string{"submit", "--priority", "12"}, 2},
 		{"bad payload", []string{"submit", "--payload", "not json"}, 2},
 		{"bad output", []string{"submit", "--output", "xml"}, 2},
+		{"negative rate", []string{"submit", "--rate", "-5"}, 2},
+		{"submit argument", []string{"submit", "extra"}, 2},
 		{"missing file", []string{"submit", "--file", "/nonexistent.jsonl"}, 2},
 		{"bad log level", []string{"scheduler", "--log-level", "loud"}, 2},
 		{"stray argument", []string{"batcher", "extra"}, 2},
@@ -127,6 +129,30 @@ func TestUpSubmitWatch(t *testing.T) {
 	}
 	if sum.Run["p50"] < 2 {
 		t.Errorf("run p50 = %.3f ms, want at least the 2 ms slept", sum.Run["p50"])
+	}
+
+	// A request id seen within the de-duplication window is reported at
+	// once, not waited for; a failed item fails the command and says why.
+	file := filepath.Join(t.TempDir(), "reqs.jsonl")
+	body := `{"id":"fixed-1","kind":"sleep","payload":{"ms":1}}` + "\n"
+	if err := os.WriteFile(file, []byte(body), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	submitFile := []string{"submit", "--nats-url", url, "--file", file, "--timeout", "20s"}
+	if code := run(context.Background(), submitFile, &out); code != 0 {
+		t.Fatalf("first submit of fixed-1 exited %d", code)
+	}
+	out.Reset()
+	start := time.Now()
+	if code := run(context.Background(), submitFile, &out); code != 0 ||
+		!strings.Contains(out.String(), "1 already submitted") || time.Since(start) > 10*time.Second {
+		t.Errorf("second submit of fixed-1 exited %d after %s:\n%s", code, time.Since(start), out.String())
+	}
+	out.Reset()
+	code = run(context.Background(), []string{"submit", "--nats-url", url, "--kind", "sleep",
+		"--payload", `{"ms":1,"fail":"permanent"}`, "--timeout", "20s"}, &out)
+	if code != 1 || !strings.Contains(out.String(), "error") {
+		t.Errorf("failing submit exited %d, want 1 with the error listed:\n%s", code, out.String())
 	}
 
 	out.Reset()

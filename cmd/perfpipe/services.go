@@ -99,10 +99,11 @@ func (w *wiring) bindHTTP(fs *flag.FlagSet, def string) {
 }
 
 // openStore connects the cache: Redis when a URL is set, else a KV bucket.
-func (w *wiring) openStore(ctx context.Context, conn *bus.Conn) (cache.Store, error) {
+func (w *wiring) openStore(ctx context.Context, conn *bus.Conn, log *slog.Logger) (cache.Store, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if w.redisURL != "" {
+		cache.LogTo(log)
 		return cache.NewRedis(ctx, w.redisURL)
 	}
 	return cache.NewKV(ctx, conn.JS, cache.DefaultBucket)
@@ -209,11 +210,19 @@ func serveHTTP(ctx context.Context, log *slog.Logger, srv *http.Server) error {
 
 // httpServer returns the server of /healthz and /snapshots, or nil when
 // addr is empty.
-func httpServer(addr string, conns []*bus.Conn, snaps api.SnapshotSource) *http.Server {
+func httpServer(addr string, conns []*bus.Conn, store cache.Store,
+	snaps api.SnapshotSource) *http.Server {
 	if addr == "" {
 		return nil
 	}
-	checks := map[string]api.Check{}
+	checks, optional := map[string]api.Check{}, map[string]api.Check{}
+	if store != nil {
+		optional["cache "+store.Name()] = func() error {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			defer cancel()
+			return store.Ping(ctx)
+		}
+	}
 	for _, c := range conns {
 		checks["nats "+c.NC.Opts.Name] = func() error {
 			if s := c.NC.Status(); s != nats.CONNECTED {
@@ -222,7 +231,7 @@ func httpServer(addr string, conns []*bus.Conn, snaps api.SnapshotSource) *http.
 			return nil
 		}
 	}
-	return &http.Server{Addr: addr, Handler: api.NewHandler(checks, snaps),
+	return &http.Server{Addr: addr, Handler: api.NewHandler(checks, optional, snaps),
 		ReadHeaderTimeout: 5 * time.Second}
 }
 
@@ -273,7 +282,7 @@ func runServices(ctx context.Context, g *globals, w *wiring, names ...string) er
 
 	var store cache.Store
 	if needsStore(names) {
-		if store, err = w.openStore(ctx, conns[0]); err != nil {
+		if store, err = w.openStore(ctx, conns[0], log); err != nil {
 			return err
 		}
 		defer store.Close()
@@ -293,7 +302,7 @@ func runServices(ctx context.Context, g *globals, w *wiring, names ...string) er
 	if agg != nil {
 		snaps = agg
 	}
-	return runAll(ctx, log, comps, httpServer(w.httpAddr, conns, snaps))
+	return runAll(ctx, log, comps, httpServer(w.httpAddr, conns, store, snaps))
 }
 
 func needsStore(names []string) bool {

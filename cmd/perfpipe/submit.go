@@ -56,7 +56,10 @@ func submitCommand(stdout io.Writer) *ffcli.Command {
 		ShortHelp:  "submit work and wait for its results",
 		FlagSet:    fs,
 		Options:    envOptions(),
-		Exec: func(ctx context.Context, _ []string) error {
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			}
 			return runSubmit(ctx, stdout, g, f)
 		},
 	}
@@ -93,9 +96,11 @@ func runSubmit(ctx context.Context, stdout io.Writer, g *globals, f *submitFlags
 	}
 
 	start := time.Now()
-	if err := publishAll(ctx, conn, reqs, f.rate); err != nil {
+	dups, err := publishAll(ctx, conn, reqs, f.rate)
+	if err != nil {
 		return err
 	}
+	tally.duplicates(dups)
 	if !f.wait {
 		fmt.Fprintf(stdout, "submitted %d requests\n", len(reqs))
 		return nil
@@ -114,6 +119,9 @@ func runSubmit(ctx context.Context, stdout io.Writer, g *globals, f *submitFlags
 func (f *submitFlags) requests() ([]*events.WorkRequest, error) {
 	if f.output != "text" && f.output != "json" {
 		return nil, fmt.Errorf("%w: --output %q: want text or json", errUsage, f.output)
+	}
+	if f.rate < 0 {
+		return nil, fmt.Errorf("%w: --rate %v: want 0 (no limit) or more", errUsage, f.rate)
 	}
 	prefix := nuid.Next()
 	if f.file != "" {
@@ -179,8 +187,11 @@ func readRequests(path, kind, prefix string) ([]*events.WorkRequest, error) {
 }
 
 // publishAll publishes reqs at most rate per second, asynchronously, and
-// waits until the stream has acknowledged every one.
-func publishAll(ctx context.Context, conn *bus.Conn, reqs []*events.WorkRequest, perSec float64) error {
+// waits until the stream has acknowledged every one. It returns the IDs the
+// stream already held: submitted within the de-duplication window, they do
+// not run again.
+func publishAll(ctx context.Context, conn *bus.Conn, reqs []*events.WorkRequest,
+	perSec float64) ([]string, error) {
 	limit := rate.NewLimiter(rate.Inf, 1)
 	if perSec > 0 {
 		limit = rate.NewLimiter(rate.Limit(perSec), 1)
@@ -188,29 +199,33 @@ func publishAll(ctx context.Context, conn *bus.Conn, reqs []*events.WorkRequest,
 	futures := make([]jetstream.PubAckFuture, 0, len(reqs))
 	for _, r := range reqs {
 		if err := limit.Wait(ctx); err != nil {
-			return err
+			return nil, err
 		}
 		r.Trace.Submitted = time.Now()
 		msg, err := bus.Message(events.SubmitSubject(r.Kind), r, r.ID)
 		if err != nil {
-			return err
+			return nil, err
 		}
 		fut, err := conn.JS.PublishMsgAsync(msg)
 		if err != nil {
-			return fmt.Errorf("publish %s: %w", msg.Subject, err)
+			return nil, fmt.Errorf("publish %s: %w", msg.Subject, err)
 		}
 		futures = append(futures, fut)
 	}
-	for _, fut := range futures {
+	var dups []string
+	for i, fut := range futures {
 		select {
-		case <-fut.Ok():
+		case ack := <-fut.Ok():
+			if ack.Duplicate {
+				dups = append(dups, reqs[i].ID)
+			}
 		case err := <-fut.Err():
-			return fmt.Errorf("publish %s: %w", fut.Msg().Subject, err)
+			return nil, fmt.Errorf("publish %s: %w", fut.Msg().Subject, err)
 		case <-ctx.Done():
-			return ctx.Err()
+			return nil, ctx.Err()
 		}
 	}
-	return nil
+	return dups, nil
 }
 
 // consumeResults follows the results stream from now on and feeds the
@@ -233,13 +248,47 @@ func consumeResults(ctx context.Context, conn *bus.Conn, t *tally) (jetstream.Co
 
 // tally counts the results of one submission.
 type tally struct {
-	mu   sync.Mutex
-	want map[string]bool
-	done chan struct{}
-	bar  *progressbar.ProgressBar
+	mu       sync.Mutex
+	want     map[string]bool
+	done     chan struct{}
+	finished bool
+	bar      *progressbar.ProgressBar
 
-	results, ok, failed, dead, cached int
-	endToEnd, run                     quantile.Summary
+	results, ok, failed, dead, cached, dups int
+	endToEnd, run                           quantile.Summary
+	failures                                []Failure
+}
+
+// maxFailures bounds the failures a summary lists.
+const maxFailures = 10
+
+// Failure is one result that was not ok.
+type Failure struct {
+	ID     string `json:"id"`
+	Status string `json:"status"`
+	Error  string `json:"error"`
+}
+
+// duplicates stops waiting for ids the stream already held.
+func (t *tally) duplicates(ids []string) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for _, id := range ids {
+		if t.want[id] {
+			delete(t.want, id)
+			t.dups++
+		}
+	}
+	t.closeIfDone()
+}
+
+// closeIfDone signals the waiter once nothing is left to wait for; the
+// caller holds t.mu.
+func (t *tally) closeIfDone() {
+	if len(t.want) == 0 && !t.finished {
+		t.finished = true
+		close(t.done)
+	}
 }
 
 func newTally(reqs []*events.WorkRequest, showBar bool) *tally {
@@ -274,15 +323,16 @@ func (t *tally) add(r *events.Result) {
 	default:
 		t.failed++
 	}
+	if r.Status != events.StatusOK && len(t.failures) < maxFailures {
+		t.failures = append(t.failures, Failure{ID: r.ID, Status: string(r.Status), Error: r.Error})
+	}
 	if r.Cached {
 		t.cached++
 	}
 	_ = t.endToEnd.Add(ms(r.Stages.EndToEnd.Std()))
 	_ = t.run.Add(ms(r.Stages.Run.Std()))
 	_ = t.bar.Add(1)
-	if len(t.want) == 0 {
-		close(t.done)
-	}
+	t.closeIfDone()
 }
 
 // Summary is what `perfpipe submit --output json` prints.
@@ -294,9 +344,11 @@ type Summary struct {
 	Errors    int                `json:"errors"`
 	Dead      int                `json:"dead"`
 	Cached    int                `json:"cached"`
+	Duplicate int                `json:"duplicate"`
 	Seconds   float64            `json:"seconds"`
 	EndToEnd  map[string]float64 `json:"end_to_end_ms"`
 	Run       map[string]float64 `json:"run_ms"`
+	Failures  []Failure          `json:"failures,omitempty"`
 }
 
 func quantiles(s *quantile.Summary) map[string]float64 {
@@ -312,9 +364,10 @@ func (t *tally) report(w io.Writer, format string, elapsed time.Duration) error 
 	defer t.mu.Unlock()
 	_ = t.bar.Finish()
 	s := Summary{
-		Submitted: t.results + len(t.want), Results: t.results, Missing: len(t.want),
-		OK: t.ok, Errors: t.failed, Dead: t.dead, Cached: t.cached, Seconds: elapsed.Seconds(),
-		EndToEnd: quantiles(&t.endToEnd), Run: quantiles(&t.run),
+		Submitted: t.results + len(t.want) + t.dups, Results: t.results, Missing: len(t.want),
+		OK: t.ok, Errors: t.failed, Dead: t.dead, Cached: t.cached, Duplicate: t.dups,
+		Seconds: elapsed.Seconds(), EndToEnd: quantiles(&t.endToEnd), Run: quantiles(&t.run),
+		Failures: t.failures,
 	}
 	if format == "json" {
 		if err := json.NewEncoder(w).Encode(s); err != nil {
@@ -324,6 +377,13 @@ func (t *tally) report(w io.Writer, format string, elapsed time.Duration) error 
 		fmt.Fprintf(w, "submitted %d, results %d (ok %d, error %d, dead %d, cached %d) in %.2fs (%.1f/s)\n",
 			s.Submitted, s.Results, s.OK, s.Errors, s.Dead, s.Cached, s.Seconds,
 			float64(s.Results)/max(s.Seconds, 1e-9))
+		if s.Duplicate > 0 {
+			fmt.Fprintf(w, "%d already submitted within the de-duplication window (%s): not run again\n",
+				s.Duplicate, bus.DedupWindow)
+		}
+		for _, f := range s.Failures {
+			fmt.Fprintf(w, "%s  %s: %s\n", f.Status, f.ID, f.Error)
+		}
 		for _, row := range []struct {
 			name string
 			q    map[string]float64
@@ -334,6 +394,9 @@ func (t *tally) report(w io.Writer, format string, elapsed time.Duration) error 
 	}
 	if s.Missing > 0 {
 		return fmt.Errorf("%d of %d results missing after the wait", s.Missing, s.Submitted)
+	}
+	if failed := s.Errors + s.Dead; failed > 0 {
+		return fmt.Errorf("%d of %d results failed", failed, s.Results)
 	}
 	return nil
 }

@@ -2,8 +2,10 @@ package main
 
 import (
 	"context"
+	"flag"
 	"fmt"
 	"net"
+	"os"
 	"strconv"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -54,6 +56,8 @@ func upCommand() *ffcli.Command {
 	}
 }
 
+// startBroker starts the embedded server on listen. The address is tried
+// first so that a port in use is reported as such, at once.
 func startBroker(listen, storeDir string) (*broker.Server, error) {
 	host, portStr, err := net.SplitHostPort(listen)
 	if err != nil {
@@ -63,5 +67,40 @@ func startBroker(listen, storeDir string) (*broker.Server, error) {
 	if err != nil {
 		return nil, fmt.Errorf("%w: --listen %q: bad port", errUsage, listen)
 	}
+	ln, err := net.Listen("tcp", listen)
+	if err != nil {
+		return nil, fmt.Errorf("nats listen: %w", err)
+	}
+	ln.Close()
 	return broker.Start(broker.Config{Host: host, Port: port, StoreDir: storeDir})
+}
+
+func serverCommand() *ffcli.Command {
+	fs := flag.NewFlagSet("perfpipe server", flag.ContinueOnError)
+	storeDir := fs.String("store-dir", "data/nats", "JetStream store folder")
+	listen := fs.String("listen", "127.0.0.1:4222", "client address")
+
+	return &ffcli.Command{
+		Name:       "server",
+		ShortUsage: "perfpipe server [--listen ADDR] [--store-dir DIR]",
+		ShortHelp:  "run only the embedded NATS server with JetStream",
+		LongHelp: "Runs the same embedded nats-server that `perfpipe up` uses, so that the\n" +
+			"services can run as separate processes on one machine without a\n" +
+			"nats-server install.",
+		FlagSet: fs,
+		Options: envOptions(),
+		Exec: func(ctx context.Context, args []string) error {
+			if len(args) > 0 {
+				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			}
+			srv, err := startBroker(*listen, *storeDir)
+			if err != nil {
+				return err
+			}
+			defer srv.Shutdown()
+			fmt.Fprintln(os.Stderr, "perfpipe: nats server listening on", srv.ClientURL())
+			<-ctx.Done()
+			return nil
+		},
+	}
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"os"
 	"slices"
 	"strings"
 	"sync"
@@ -12,6 +13,7 @@ import (
 
 	"github.com/nats-io/nats.go"
 	"github.com/peterbourgon/ff/v3/ffcli"
+	"golang.org/x/term"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/pkg/events"
@@ -76,12 +78,18 @@ func runWatch(ctx context.Context, nc *nats.Conn, w io.Writer, once bool,
 		}
 		mu.Lock()
 		defer mu.Unlock()
+		if len(latest) == 0 && group != "" {
+			return fmt.Errorf("no snapshots of groups starting with %q within %s", group, wait)
+		}
 		if len(latest) == 0 {
 			return fmt.Errorf("no snapshots within %s: is the aggregator running?", wait)
 		}
 		return printTable(w, latest)
 	}
 
+	// Clear the screen between tables only on a terminal.
+	f, isFile := w.(*os.File)
+	clear := isFile && term.IsTerminal(int(f.Fd()))
 	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
@@ -91,7 +99,9 @@ func runWatch(ctx context.Context, nc *nats.Conn, w io.Writer, once bool,
 		case <-tick.C:
 		}
 		mu.Lock()
-		fmt.Fprint(w, "\033[H\033[2J")
+		if clear {
+			fmt.Fprint(w, "\033[H\033[2J")
+		}
 		fmt.Fprintf(w, "perfpipe snapshots at %s\n\n", time.Now().Format(time.TimeOnly))
 		err := printTable(w, latest)
 		mu.Unlock()

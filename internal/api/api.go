@@ -30,19 +30,26 @@ type Health struct {
 }
 
 // NewHandler returns the mux with /healthz and, when snaps is not nil,
-// /snapshots.
-func NewHandler(checks map[string]Check, snaps SnapshotSource) http.Handler {
+// /snapshots. A failing critical check makes /healthz answer 503; a
+// failing optional one (a cache the services can work without) only marks
+// the status "degraded".
+func NewHandler(critical, optional map[string]Check, snaps SnapshotSource) http.Handler {
 	started := time.Now()
 	mux := http.NewServeMux()
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
 		h := Health{Status: "ok", Checks: map[string]string{}, Uptime: time.Since(started).Round(time.Second).String()}
 		code := http.StatusOK
-		for name, check := range checks {
+		for name, check := range optional {
 			h.Checks[name] = "ok"
 			if err := check(); err != nil {
-				h.Checks[name] = err.Error()
-				h.Status = "degraded"
+				h.Checks[name], h.Status = err.Error(), "degraded"
+			}
+		}
+		for name, check := range critical {
+			h.Checks[name] = "ok"
+			if err := check(); err != nil {
+				h.Checks[name], h.Status = err.Error(), "unavailable"
 				code = http.StatusServiceUnavailable
 			}
 		}

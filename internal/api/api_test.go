@@ -23,6 +23,22 @@ func (f fixedSnaps) Snapshots(filter string) []events.Snapshot {
 	return out
 }
 
+func TestOptionalCheckDegrades(t *testing.T) {
+	optional := map[string]Check{"cache": func() error { return errors.New("redis down") }}
+	srv := httptest.NewServer(NewHandler(nil, optional, nil))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/healthz")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	var h Health
+	_ = json.NewDecoder(resp.Body).Decode(&h)
+	if resp.StatusCode != 200 || h.Status != "degraded" || h.Checks["cache"] != "redis down" {
+		t.Errorf("got %d %+v, want 200 degraded with the cache error", resp.StatusCode, h)
+	}
+}
+
 func TestHandler(t *testing.T) {
 	snaps := fixedSnaps{{Service: "agent", Op: "http", Count: 3}, {Service: "batcher", Op: "batch"}}
 	healthy := map[string]Check{"nats": func() error { return nil }}
@@ -36,7 +52,7 @@ func TestHandler(t *testing.T) {
 		wantBody string
 	}{
 		{"healthy", healthy, "/healthz", 200, `"status": "ok"`},
-		{"degraded", broken, "/healthz", 503, `"nats": "disconnected"`},
+		{"unavailable", broken, "/healthz", 503, `"nats": "disconnected"`},
 		{"all snapshots", healthy, "/snapshots", 200, `"service": "batcher"`},
 		{"filtered", healthy, "/snapshots?group=agent.http", 200, `"count": 3`},
 		{"no match", healthy, "/snapshots?group=zzz", 200, `[]`},
@@ -44,7 +60,7 @@ func TestHandler(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			srv := httptest.NewServer(NewHandler(tt.checks, snaps))
+			srv := httptest.NewServer(NewHandler(tt.checks, nil, snaps))
 			defer srv.Close()
 			method := http.MethodGet
 			if tt.wantCode == 405 {

@@ -35,6 +35,8 @@ type Store interface {
 	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
 	// SetMany stores entries in one round trip where the store allows.
 	SetMany(ctx context.Context, entries []Entry) error
+	// Ping checks that the store answers, for health output.
+	Ping(ctx context.Context) error
 	// Name says which store this is, for logs and health output.
 	Name() string
 	Close() error

@@ -100,6 +100,14 @@ func (s *KV) SetMany(ctx context.Context, entries []Entry) error {
 	return nil
 }
 
+// Ping implements Store by reading the bucket's status.
+func (s *KV) Ping(ctx context.Context) error {
+	if _, err := s.kv.Status(ctx); err != nil {
+		return fmt.Errorf("kv status: %w", err)
+	}
+	return nil
+}
+
 // Name implements Store.
 func (s *KV) Name() string { return "jetstream-kv" }
 

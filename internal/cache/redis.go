@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -70,8 +71,22 @@ func (r *Redis) SetMany(ctx context.Context, entries []Entry) error {
 	return nil
 }
 
+// Ping implements Store.
+func (r *Redis) Ping(ctx context.Context) error { return r.client.Ping(ctx).Err() }
+
 // Name implements Store.
 func (r *Redis) Name() string { return "redis" }
+
+// LogTo sends go-redis' own log lines (reconnect attempts and the like)
+// to log at Warn, instead of the standard logger's plain lines. It sets
+// go-redis' process-wide logger.
+func LogTo(log *slog.Logger) { redis.SetLogger(slogPrinter{log}) }
+
+type slogPrinter struct{ log *slog.Logger }
+
+func (p slogPrinter) Printf(ctx context.Context, format string, v ...any) {
+	p.log.WarnContext(ctx, "redis client", "detail", fmt.Sprintf(format, v...))
+}
 
 // Close implements Store.
 func (r *Redis) Close() error { return r.client.Close() }
