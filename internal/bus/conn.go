@@ -83,16 +83,25 @@ func (c *Conn) Close() {
 // JetStream, waiting for the stream's ack. A non-empty msgID is set as
 // Nats-Msg-Id so that the stream drops duplicates.
 func (c *Conn) Publish(ctx context.Context, subject string, ev events.Event, msgID string) error {
+	_, err := c.PublishAck(ctx, subject, ev, msgID)
+	return err
+}
+
+// PublishAck is Publish returning the stream's ack, whose Duplicate field
+// says the stream already held msgID and dropped this copy.
+func (c *Conn) PublishAck(ctx context.Context, subject string, ev events.Event,
+	msgID string) (*jetstream.PubAck, error) {
 	msg, err := Message(subject, ev, msgID)
 	if err != nil {
-		return err
+		return nil, err
 	}
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
-	if _, err := c.JS.PublishMsg(ctx, msg); err != nil {
-		return fmt.Errorf("publish %s: %w", subject, err)
+	ack, err := c.JS.PublishMsg(ctx, msg)
+	if err != nil {
+		return nil, fmt.Errorf("publish %s: %w", subject, err)
 	}
-	return nil
+	return ack, nil
 }
 
 // Message builds the NATS message for ev with perfpipe's headers.

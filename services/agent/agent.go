@@ -270,7 +270,10 @@ func (s *Service) settle(ctx context.Context, b *batchRun) {
 	status := events.TimingOK
 	switch {
 	case !b.failed.Load():
-		err = b.msg.Ack()
+		// Confirmed, so that a lost ack cannot run the batch again.
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		err = b.msg.DoubleAck(actx)
+		cancel()
 	case ctx.Err() != nil:
 		// Shutting down: let another agent take it now.
 		status = events.TimingError

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -12,8 +13,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
-	"github.com/perfpipe/perfpipe/internal/timing"
 	"github.com/perfpipe/perfpipe/pkg/events"
+	"github.com/perfpipe/perfpipe/pkg/timing"
 )
 
 // Service name and the operations it times.
@@ -79,11 +80,15 @@ func New(conn *bus.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 		return nil, err
 	}
 	log = log.With("service", serviceName)
+	rec, err := timing.New(conn.JS, serviceName, timing.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("new batcher: %w", err)
+	}
 	return &Service{
 		conn:    conn,
 		cfg:     cfg,
 		log:     log,
-		rec:     timing.NewRecorder(conn, serviceName, log),
+		rec:     rec,
 		acc:     NewAccumulator(clamp{cfg.policy(), maxBatch}),
 		maxItem: maxBatch,
 	}, nil
@@ -122,6 +127,7 @@ func (s *Service) Run(ctx context.Context) error {
 	in := make(chan jetstream.Msg)
 	out := make(chan *Pending, s.cfg.Publishers)
 	var g errgroup.Group
+	g.Go(func() error { return s.rec.Run(ctx) })
 	g.Go(func() error { return s.pull(ctx, it, in) })
 	g.Go(func() error { s.loop(flushCtx, in, out); return nil })
 	for range s.cfg.Publishers {
@@ -368,18 +374,30 @@ func (s *Service) flush(ctx context.Context, p *Pending) {
 		return
 	}
 
-	for _, it := range p.Items {
-		if it.Msg == nil {
-			continue
-		}
-		if err := it.Msg.Ack(); err != nil {
-			s.log.Warn("ack item", "kind", p.Kind, "seq", it.Seq, "err", err)
-		}
-	}
+	s.ackAll(p)
 	s.batches.Add(1)
 	s.items.Add(int64(len(p.Items)))
 	s.log.Debug("batch published", "kind", p.Kind, "batch_id", b.ID,
 		"items", len(p.Items), "bytes", p.Bytes)
+}
+
+// ackAll acks p's items and waits for the server to confirm each, all at
+// once: a lost ack would put the item in a second batch and run it twice.
+func (s *Service) ackAll(p *Pending) {
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	var wg sync.WaitGroup
+	for _, it := range p.Items {
+		if it.Msg == nil {
+			continue
+		}
+		wg.Go(func() {
+			if err := it.Msg.DoubleAck(ctx); err != nil {
+				s.log.Warn("ack item", "kind", p.Kind, "seq", it.Seq, "err", err)
+			}
+		})
+	}
+	wg.Wait()
 }
 
 // nakAll gives p's items back to the stream after RetryDelay.
@@ -406,7 +424,11 @@ func (s *Service) flushConn(ctx context.Context) {
 	if err := s.conn.NC.FlushWithContext(fctx); err != nil {
 		s.log.Warn("flush acks at stop", "err", err)
 	}
-	s.rec.Flush(fctx)
+	// The last batches may have been timed after the recorder's own last
+	// flush.
+	if err := s.rec.Flush(fctx); err != nil {
+		s.log.Warn("timings not published at stop", "err", err)
+	}
 }
 
 // graceContext returns a context that ends grace after ctx does, or when

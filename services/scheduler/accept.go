@@ -153,7 +153,7 @@ func (s *Service) schedule(ctx context.Context, msg jetstream.Msg,
 	switch s.admit(it, time.Now()) {
 	case admitDuplicate:
 		s.log.Debug("redelivered work already held", "id", req.ID)
-		s.ack(msg)
+		s.ack(ctx, msg)
 		return nil
 	case admitRelease:
 		if err := s.release(ctx, it); err != nil {
@@ -161,7 +161,7 @@ func (s *Service) schedule(ctx context.Context, msg jetstream.Msg,
 			return err
 		}
 		s.accepted.Add(1)
-		s.ack(msg)
+		s.ack(ctx, msg)
 		return nil
 	}
 
@@ -173,7 +173,7 @@ func (s *Service) schedule(ctx context.Context, msg jetstream.Msg,
 	s.hold(it, time.Now())
 	s.notify()
 	s.accepted.Add(1)
-	s.ack(msg)
+	s.ack(ctx, msg)
 	s.log.Debug("work held", "id", req.ID, "kind", req.Kind, "priority", req.Priority,
 		"due", it.due)
 	return nil
@@ -195,10 +195,14 @@ func (s *Service) admit(it *item, now time.Time) admission {
 	return admitRelease
 }
 
-func (s *Service) ack(msg jetstream.Msg) {
-	// A lost ack means a redelivery, which the held IDs and READY's
-	// de-duplication absorb.
-	if err := msg.Ack(); err != nil {
+// ack waits for the server to confirm the ack: a WORK message redelivered
+// after its item was released would schedule the item again, so acks are
+// not fire-and-forget here. A failed ack still only means a redelivery,
+// which the held IDs and READY's de-duplication absorb.
+func (s *Service) ack(ctx context.Context, msg jetstream.Msg) {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), msgTimeout)
+	defer cancel()
+	if err := msg.DoubleAck(ctx); err != nil {
 		s.log.Debug("ack failed", "subject", msg.Subject(), "err", err)
 	}
 }

@@ -52,8 +52,17 @@ func (s *Service) releaseDue(ctx context.Context) time.Duration {
 func (s *Service) release(ctx context.Context, it *item) error {
 	req := it.req
 	req.Trace.Released = time.Now()
-	if err := s.conn.Publish(ctx, events.ReadySubject(req.Kind), &req, req.ID); err != nil {
+	ack, err := s.conn.PublishAck(ctx, events.ReadySubject(req.Kind), &req, req.ID)
+	if err != nil {
 		return err
+	}
+	if ack.Duplicate {
+		// Released before (a redelivery after a crash): no result will
+		// come for this copy, so it must not hold credit.
+		s.log.Debug("work already released", "id", req.ID)
+		s.mu.Lock()
+		delete(s.inflight, req.ID)
+		s.mu.Unlock()
 	}
 	s.released.Add(1)
 	s.rec.Record(opRelease, events.TimingOK, req.Trace.Released.Sub(req.Trace.Accepted))
