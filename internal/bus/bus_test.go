@@ -92,3 +92,25 @@ func TestConnectFailsFast(t *testing.T) {
 		t.Errorf("error leaks the password: %s", s)
 	}
 }
+
+func TestDeadLetterOfOversizedMessage(t *testing.T) {
+	conn := testenv.Conn(t, testenv.NATS(t))
+	ctx := context.Background()
+	big := make([]byte, conn.NC.MaxPayload())
+	dl := &events.DeadLetter{Kind: "x", Service: "test", Reason: "oversized", Data: big}
+	if err := conn.DeadLetter(ctx, dl); err != nil {
+		t.Fatalf("DeadLetter of a message at the payload limit: %v", err)
+	}
+	stream, _ := conn.JS.Stream(ctx, events.StreamDead)
+	msg, err := stream.GetLastMsgForSubject(ctx, events.DeadSubject("x"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got events.DeadLetter
+	if err := events.Unmarshal(msg.Data, &got); err != nil {
+		t.Fatal(err)
+	}
+	if len(got.Data) != 0 || !strings.Contains(got.Error, "not kept") {
+		t.Errorf("dead letter kept %d bytes, error %q", len(got.Data), got.Error)
+	}
+}

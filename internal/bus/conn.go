@@ -130,9 +130,19 @@ func (c *Conn) DeadLetter(ctx context.Context, dl *events.DeadLetter) error {
 	if dl.Kind == "" {
 		dl.Kind = "unknown"
 	}
+	// A dead letter must fit in one message, or it would fail for ever:
+	// past the server's limit it keeps everything but the original bytes.
+	if limit := c.NC.MaxPayload() - 4096; int64(len(dl.Data)) > limit {
+		dl.Error = fmt.Sprintf("%s (original message of %d bytes not kept: over the %d-byte limit)",
+			dl.Error, len(dl.Data), limit)
+		dl.Data = nil
+	}
+	if err := c.Publish(ctx, events.DeadSubject(dl.Kind), dl, ""); err != nil {
+		return err
+	}
 	c.log.Warn("dead-lettered message", "service", dl.Service, "subject", dl.Subject,
 		"id", dl.ID, "reason", dl.Reason)
-	return c.Publish(ctx, events.DeadSubject(dl.Kind), dl, "")
+	return nil
 }
 
 func withDefaultTimeout(ctx context.Context) (context.Context, context.CancelFunc) {

@@ -108,6 +108,9 @@ func Unmarshal(data []byte, ev Event) error {
 	}
 
 	jsonIn := IsJSON(data)
+	if !jsonIn && json.Valid(data) {
+		return fmt.Errorf("%w: %s: want a JSON object, got %.20s", ErrDecode, want, data)
+	}
 	if jsonIn {
 		dec := json.NewDecoder(bytes.NewReader(data))
 		dec.DisallowUnknownFields()
@@ -133,6 +136,21 @@ func Unmarshal(data []byte, ev Event) error {
 			ErrSchema, want, m.V, SchemaVersion)
 	}
 	return nil
+}
+
+// PeekID returns the "id" field of a JSON or msgpack message that did not
+// decode as a whole, so that a dead letter can still name its request.
+// It returns "" when there is no readable id.
+func PeekID(data []byte) string {
+	var v struct {
+		ID string `json:"id" msgpack:"id"`
+	}
+	if IsJSON(data) {
+		_ = json.Unmarshal(data, &v)
+	} else {
+		_ = msgpack.Unmarshal(data, &v)
+	}
+	return v.ID
 }
 
 // Reason is the short dead-letter reason for an error from Unmarshal or

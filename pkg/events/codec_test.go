@@ -90,6 +90,8 @@ func TestUnmarshalRejects(t *testing.T) {
 		{"msgpack without type", untyped, events.ErrWrongType},
 		{"newer schema", newer, events.ErrSchema},
 		{"json with other type", []byte(`{"type":"perf.timing"}`), events.ErrWrongType},
+		{"json array", []byte(`[1,2]`), events.ErrDecode},
+		{"json null", []byte(`null`), events.ErrDecode},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -114,6 +116,10 @@ func TestValidate(t *testing.T) {
 		{"priority high", events.WorkRequest{Kind: "x", Priority: 10}, false},
 		{"priority negative", events.WorkRequest{Kind: "x", Priority: -1}, false},
 		{"negative delay", events.WorkRequest{Kind: "x", Delay: -1}, false},
+		{"reply inbox", events.WorkRequest{Kind: "x", ReplyTo: "_INBOX.abc"}, true},
+		{"reply with space", events.WorkRequest{Kind: "x", ReplyTo: "bad subject"}, false},
+		{"reply wildcard", events.WorkRequest{Kind: "x", ReplyTo: "a.*"}, false},
+		{"reply loop", events.WorkRequest{Kind: "x", ReplyTo: "work.submit.x"}, false},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -149,6 +155,25 @@ func TestDue(t *testing.T) {
 				t.Errorf("Due() = %v, want %v", got, tt.want)
 			}
 		})
+	}
+}
+
+func TestPeekID(t *testing.T) {
+	packed, _ := msgpack.Marshal(map[string]any{"id": "m1", "priority": "high"})
+	tests := []struct {
+		in   []byte
+		want string
+	}{
+		{[]byte(`{"id":"j1","colour":"red"}`), "j1"},
+		{[]byte(`{"id":"j2","delay":"soon"}`), "j2"},
+		{packed, "m1"},
+		{[]byte(`{"colour":"red"}`), ""},
+		{[]byte("junk"), ""},
+	}
+	for _, tt := range tests {
+		if got := events.PeekID(tt.in); got != tt.want {
+			t.Errorf("PeekID(%q) = %q, want %q", tt.in, got, tt.want)
+		}
 	}
 }
 

@@ -98,37 +98,64 @@ type CacheFigures struct {
 	Misses int64 `msgpack:"misses" json:"misses"`
 }
 
-// Snapshot is the aggregator's view of one (service, op) group over a
-// sliding window, published on SnapshotSubject(service, op). Latencies are
-// in milliseconds; quantiles are nearest-rank and absent when Count is 0.
+// Figures are a group's figures over one window. Latencies are in
+// milliseconds; the latency fields are absent (nil) when the window holds
+// no timing, never zero or a previous window's values. Quantiles are
+// nearest rank: the smallest value with at least q*Count values at or
+// below it; they lie within [MinMs, MaxMs] and never decrease as q grows.
+type Figures struct {
+	Window Duration  `msgpack:"window" json:"window"`
+	Start  time.Time `msgpack:"start" json:"start"`
+	End    time.Time `msgpack:"end" json:"end"`
+	Count  int64     `msgpack:"count" json:"count"`
+	Errors int64     `msgpack:"errors" json:"errors"`
+	// Rate is Count per second over the window, or over the part of it
+	// since the group's first sample when that is shorter.
+	Rate   float64  `msgpack:"rate" json:"rate"`
+	MinMs  *float64 `msgpack:"min_ms,omitempty" json:"min_ms,omitempty"`
+	MaxMs  *float64 `msgpack:"max_ms,omitempty" json:"max_ms,omitempty"`
+	MeanMs *float64 `msgpack:"mean_ms,omitempty" json:"mean_ms,omitempty"`
+	P50Ms  *float64 `msgpack:"p50_ms,omitempty" json:"p50_ms,omitempty"`
+	P90Ms  *float64 `msgpack:"p90_ms,omitempty" json:"p90_ms,omitempty"`
+	P95Ms  *float64 `msgpack:"p95_ms,omitempty" json:"p95_ms,omitempty"`
+	P99Ms  *float64 `msgpack:"p99_ms,omitempty" json:"p99_ms,omitempty"`
+	P999Ms *float64 `msgpack:"p999_ms,omitempty" json:"p999_ms,omitempty"`
+	// Cache counts the window's cache lookups, for groups that have them.
+	Cache *CacheFigures `msgpack:"cache,omitempty" json:"cache,omitempty"`
+}
+
+// Snapshot is the aggregator's view of one (service, op) group, published
+// on SnapshotSubject(service, op) while its window is open (Partial) and
+// once more, final, on FinalSubject(service, op) when it closes.
+//
+// A partial snapshot covers a window rolling with the clock: the last
+// Window up to the end of the current bucket. A final one covers a closed
+// window aligned to a wall-clock multiple of its size, and is published
+// exactly once per (group, window), through the PERFPIPE_SNAPSHOTS stream.
 type Snapshot struct {
 	Meta
-	Service string    `msgpack:"service" json:"service"`
-	Op      string    `msgpack:"op" json:"op"`
-	Window  Duration  `msgpack:"window" json:"window"`
-	Start   time.Time `msgpack:"start" json:"start"`
-	End     time.Time `msgpack:"end" json:"end"`
-	Count   int64     `msgpack:"count" json:"count"`
-	Errors  int64     `msgpack:"errors" json:"errors"`
-	// Rate is Count per second over the window, or over the time since
-	// the group's first sample when that is shorter.
-	Rate   float64 `msgpack:"rate" json:"rate"`
-	MinMs  float64 `msgpack:"min_ms" json:"min_ms"`
-	MaxMs  float64 `msgpack:"max_ms" json:"max_ms"`
-	MeanMs float64 `msgpack:"mean_ms" json:"mean_ms"`
-	P50Ms  float64 `msgpack:"p50_ms" json:"p50_ms"`
-	P90Ms  float64 `msgpack:"p90_ms" json:"p90_ms"`
-	P95Ms  float64 `msgpack:"p95_ms" json:"p95_ms"`
-	P99Ms  float64 `msgpack:"p99_ms" json:"p99_ms"`
-	P999Ms float64 `msgpack:"p999_ms" json:"p999_ms"`
-	// Total counts every sample of the group since the aggregator started.
+	Service string `msgpack:"service" json:"service"`
+	Op      string `msgpack:"op" json:"op"`
+	// Partial is true for a live view of an open window, false for the
+	// final figures of a closed one.
+	Partial bool `msgpack:"partial" json:"partial"`
+	Figures `msgpack:",inline"`
+	// Total counts every sample of the group the aggregator accepted.
 	Total int64 `msgpack:"total" json:"total"`
-	// Dropped counts the group's samples since the aggregator started that
-	// were valid but fell outside the window: older than it, or too far in
-	// the future.
-	Dropped  int64            `msgpack:"dropped,omitempty" json:"dropped,omitempty"`
-	Cache    *CacheFigures    `msgpack:"cache,omitempty" json:"cache,omitempty"`
+	// Dropped counts the group's valid samples that fell outside every
+	// window: Late plus Future.
+	Dropped int64 `msgpack:"dropped,omitempty" json:"dropped,omitempty"`
+	// Late counts samples that arrived after their window was final.
+	Late int64 `msgpack:"late,omitempty" json:"late,omitempty"`
+	// Future counts samples whose time was too far ahead of their arrival.
+	Future int64 `msgpack:"future,omitempty" json:"future,omitempty"`
+	// Rejected counts bad input of the group: negative durations, corrupt
+	// summaries.
+	Rejected int64            `msgpack:"rejected,omitempty" json:"rejected,omitempty"`
 	Resource *ResourceFigures `msgpack:"resource,omitempty" json:"resource,omitempty"`
+	// Rollups are the figures over longer windows (5 and 15 minutes by
+	// default), each the merge of the group's last final windows.
+	Rollups []Figures `msgpack:"rollups,omitempty" json:"rollups,omitempty"`
 }
 
 // EventType implements Event.

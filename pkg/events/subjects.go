@@ -10,6 +10,7 @@ const (
 	StreamResults   = "PERFPIPE_RESULTS"
 	StreamDead      = "PERFPIPE_DEAD"
 	StreamTelemetry = "PERFPIPE_TELEMETRY"
+	StreamSnapshots = "PERFPIPE_SNAPSHOTS"
 )
 
 // Subject prefixes. A full subject adds one or two tokens.
@@ -36,7 +37,12 @@ const (
 	BatchTimingAll = BatchTimingPrefix + ">"
 	ResourceAll    = ResourcePrefix + ">"
 	SnapshotAll    = SnapshotPrefix + ">"
+	// FinalAll matches the final snapshots only, not the partial ones.
+	FinalAll = SnapshotPrefix + "*.*" + FinalSuffix
 )
+
+// FinalSuffix ends the subject of a final snapshot.
+const FinalSuffix = ".final"
 
 // SubmitSubject is where users publish work requests of a kind.
 func SubmitSubject(kind string) string { return SubmitPrefix + Token(kind) }
@@ -72,6 +78,13 @@ func SnapshotSubject(service, op string) string {
 	return SnapshotPrefix + Token(service) + "." + Token(op)
 }
 
+// FinalSubject is where the aggregator publishes a group's final
+// snapshots, one per closed window: SnapshotSubject plus FinalSuffix, so
+// that subscribers of SnapshotAll see both kinds.
+func FinalSubject(service, op string) string {
+	return SnapshotSubject(service, op) + FinalSuffix
+}
+
 // LastToken returns the part of subject after its last dot: the kind of a
 // work subject.
 func LastToken(subject string) string {
@@ -86,6 +99,17 @@ func ValidToken(s string) bool {
 	}
 	for i := 0; i < len(s); i++ {
 		if !tokenByte(s[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+// ValidSubject reports whether s is a subject a message can be published
+// on: dot-separated valid tokens, no wildcards.
+func ValidSubject(s string) bool {
+	for _, tok := range strings.Split(s, ".") {
+		if !ValidToken(tok) {
 			return false
 		}
 	}

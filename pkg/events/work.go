@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"strings"
 	"time"
 )
 
@@ -86,6 +87,10 @@ func (r *WorkRequest) Validate() error {
 		return fmt.Errorf("%w: negative delay %s", ErrInvalid, r.Delay.Std())
 	case r.Cache.TTL < 0:
 		return fmt.Errorf("%w: negative cache ttl %s", ErrInvalid, r.Cache.TTL.Std())
+	case r.ReplyTo != "" && !ValidSubject(r.ReplyTo):
+		return fmt.Errorf("%w: reply_to %q is not a subject to publish on", ErrInvalid, r.ReplyTo)
+	case strings.HasPrefix(r.ReplyTo, "work.") || strings.HasPrefix(r.ReplyTo, "perf."):
+		return fmt.Errorf("%w: reply_to %q is a perfpipe subject", ErrInvalid, r.ReplyTo)
 	}
 	return nil
 }
