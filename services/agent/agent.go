@@ -18,8 +18,8 @@ import (
 
 	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/internal/cache"
-	"github.com/perfpipe/perfpipe/internal/timing"
 	"github.com/perfpipe/perfpipe/pkg/events"
+	"github.com/perfpipe/perfpipe/pkg/timing"
 )
 
 // serviceName is how the agent names itself in timings and dead letters.
@@ -67,13 +67,17 @@ func New(
 	if name == "" {
 		name, _ = os.Hostname()
 	}
+	timings, err := timing.New(conn.JS, serviceName, timing.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("agent: %w", err)
+	}
 	return &Service{
 		conn:      conn,
 		store:     store,
 		reg:       reg,
 		cfg:       cfg,
 		log:       log,
-		timings:   timing.NewRecorder(conn, serviceName, log),
+		timings:   timings,
 		name:      name,
 		retry:     newRetry(cfg),
 		slots:     make(chan struct{}, cfg.Workers),
@@ -107,6 +111,7 @@ func (s *Service) Run(ctx context.Context) error {
 	work, stop := context.WithCancel(context.WithoutCancel(ctx))
 	defer stop()
 	var g errgroup.Group
+	g.Go(func() error { return s.timings.Run(ctx) })
 	g.Go(func() error {
 		s.consume(ctx, work, cons, &g)
 		return nil
@@ -114,9 +119,13 @@ func (s *Service) Run(ctx context.Context) error {
 	<-ctx.Done()
 	s.drain(&g, stop)
 
-	flushCtx, cancel := context.WithTimeout(context.Background(), time.Second)
+	// Items that finished in the drain were timed after the recorder's
+	// own last flush.
+	flushCtx, cancel := context.WithTimeout(context.Background(), 2*time.Second)
 	defer cancel()
-	s.timings.Flush(flushCtx)
+	if err := s.timings.Flush(flushCtx); err != nil {
+		s.log.Warn("timings not published at stop", "err", err)
+	}
 	s.log.Info("agent stopped")
 	return nil
 }

@@ -18,8 +18,10 @@ import (
 
 	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/internal/cache"
+	"github.com/perfpipe/perfpipe/internal/quantile"
 	"github.com/perfpipe/perfpipe/internal/testenv"
 	"github.com/perfpipe/perfpipe/pkg/events"
+	"github.com/perfpipe/perfpipe/pkg/timing"
 	"github.com/perfpipe/perfpipe/services/agent"
 )
 
@@ -193,7 +195,8 @@ func TestAgentRunsBuiltinsWithRedisCache(t *testing.T) {
 	}
 	t.Cleanup(func() { store.Close() })
 	res := collect[events.Result](t, conn, events.StreamResults)
-	timings := collect[events.Timing](t, conn, events.StreamTelemetry, "perf.timing.agent.>")
+	timings := collect[events.TimingBatch](t, conn, events.StreamTelemetry,
+		events.BatchTimingSubject("agent"))
 
 	site := httptest.NewServer(http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		io.WriteString(w, "pong")
@@ -258,15 +261,43 @@ func TestAgentRunsBuiltinsWithRedisCache(t *testing.T) {
 
 	// Timings: the run of csv1 with the duration its result reports, a
 	// cache hit and a batch.
+	csv1Run := timing.Millis(got["csv1"].Stages.Run.Std())
 	testenv.WaitFor(t, waitTime, "csv run, cache hit and batch timings", func() bool {
-		var run, hit, batch bool
-		for _, tm := range timings.all() {
-			run = run || tm.Op == "csv" && tm.Duration == got["csv1"].Stages.Run.Std()
-			hit = hit || tm.Op == "csv.cache" && tm.Status == "hit"
-			batch = batch || tm.Op == "batch" && tm.Status == events.TimingOK
-		}
-		return run && hit && batch
+		sums := summaries(t, timings.all())
+		run := sums["csv/ok"] != nil && holds(sums["csv/ok"], csv1Run)
+		return run && sums["csv.cache/hit"] != nil && sums["batch/ok"] != nil
 	})
+}
+
+// summaries decodes the deltas of batches and merges them by "op/status".
+func summaries(t *testing.T, batches []events.TimingBatch) map[string]*quantile.Summary {
+	t.Helper()
+	out := map[string]*quantile.Summary{}
+	for _, b := range batches {
+		for _, d := range b.Deltas {
+			var s quantile.Summary
+			if err := s.UnmarshalBinary(d.Summary); err != nil {
+				t.Fatalf("timing batch %d, %s: %v", b.Seq, d.Op, err)
+			}
+			k := d.Op + "/" + d.Status
+			if out[k] == nil {
+				out[k] = new(quantile.Summary)
+			}
+			out[k].Merge(&s)
+		}
+	}
+	return out
+}
+
+// holds reports whether the exact summary s has a sample equal to v.
+func holds(s *quantile.Summary, v float64) bool {
+	n := s.Count()
+	for i := int64(1); i <= n; i++ {
+		if s.Quantile((float64(i)-0.5)/float64(n)) == v {
+			return true
+		}
+	}
+	return false
 }
 
 func mustParseRedis(t *testing.T, url string) *redis.Options {

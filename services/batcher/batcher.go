@@ -120,6 +120,25 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("batcher started", "durable", s.cfg.Durable)
 
+	// Timings flush until the pipeline has stopped, then once more.
+	timings, stopTimings := context.WithCancel(context.WithoutCancel(ctx))
+	var g errgroup.Group
+	g.Go(func() error { return s.rec.Run(timings) })
+	g.Go(func() error {
+		defer stopTimings()
+		return s.pipeline(ctx, it)
+	})
+	err = g.Wait()
+
+	s.flushConn(ctx)
+	st := s.Stats()
+	s.log.Info("batcher stopped", "batches", st.Batches, "items", st.Items, "dead", st.Dead)
+	return err
+}
+
+// pipeline pulls, batches and publishes until ctx ends, then publishes
+// the open batches within Config.ShutdownTimeout.
+func (s *Service) pipeline(ctx context.Context, it jetstream.MessagesContext) error {
 	// Batches still publish after ctx ends, but only for the grace time.
 	flushCtx, cancel := graceContext(ctx, s.cfg.ShutdownTimeout)
 	defer cancel()
@@ -127,18 +146,12 @@ func (s *Service) Run(ctx context.Context) error {
 	in := make(chan jetstream.Msg)
 	out := make(chan *Pending, s.cfg.Publishers)
 	var g errgroup.Group
-	g.Go(func() error { return s.rec.Run(ctx) })
 	g.Go(func() error { return s.pull(ctx, it, in) })
 	g.Go(func() error { s.loop(flushCtx, in, out); return nil })
 	for range s.cfg.Publishers {
 		g.Go(func() error { s.publishAll(flushCtx, out); return nil })
 	}
-	err = g.Wait()
-
-	s.flushConn(ctx)
-	st := s.Stats()
-	s.log.Info("batcher stopped", "batches", st.Batches, "items", st.Items, "dead", st.Dead)
-	return err
+	return g.Wait()
 }
 
 // subscribe creates the durable consumer and starts pulling from it.
@@ -417,17 +430,12 @@ func (s *Service) recoverBatch(p *Pending) {
 	}
 }
 
-// flushConn pushes the last acks and timings to the server.
+// flushConn pushes the last acks to the server.
 func (s *Service) flushConn(ctx context.Context) {
 	fctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), time.Second)
 	defer cancel()
 	if err := s.conn.NC.FlushWithContext(fctx); err != nil {
 		s.log.Warn("flush acks at stop", "err", err)
-	}
-	// The last batches may have been timed after the recorder's own last
-	// flush.
-	if err := s.rec.Flush(fctx); err != nil {
-		s.log.Warn("timings not published at stop", "err", err)
 	}
 }
 

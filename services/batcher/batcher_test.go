@@ -11,6 +11,7 @@ import (
 	"go.uber.org/goleak"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
+	"github.com/perfpipe/perfpipe/internal/quantile"
 	"github.com/perfpipe/perfpipe/internal/testenv"
 	"github.com/perfpipe/perfpipe/pkg/events"
 )
@@ -64,8 +65,7 @@ func TestRunBatchesByKind(t *testing.T) {
 		t.Errorf("Stats() = %+v, want %d items in %d batches, 0 dead", st, len(ids), len(got))
 	}
 	testenv.WaitFor(t, 5*time.Second, "batch timings on the telemetry stream", func() bool {
-		return subjectCount(t, conn, events.StreamTelemetry,
-			events.TimingSubject(serviceName, opBatch)) >= uint64(len(got))
+		return timedCount(t, conn, opBatch) >= int64(len(got))
 	})
 }
 
@@ -390,6 +390,46 @@ func checkStreamHolds(t *testing.T, conn *bus.Conn, stream string, n int) {
 
 // subjectCount is how many messages stream holds on subjects matching
 // filter.
+// timedCount is how many samples of op the batcher's timing batches on
+// the telemetry stream hold.
+func timedCount(t *testing.T, conn *bus.Conn, op string) int64 {
+	t.Helper()
+	subject := events.BatchTimingSubject(serviceName)
+	n := subjectCount(t, conn, events.StreamTelemetry, subject)
+	if n == 0 {
+		return 0
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	cons, err := conn.JS.OrderedConsumer(ctx, events.StreamTelemetry,
+		jetstream.OrderedConsumerConfig{FilterSubjects: []string{subject}})
+	if err != nil {
+		t.Fatalf("ordered consumer on %s: %v", subject, err)
+	}
+	msgs, err := cons.Fetch(int(n), jetstream.FetchMaxWait(5*time.Second))
+	if err != nil {
+		t.Fatalf("fetch %s: %v", subject, err)
+	}
+
+	var count int64
+	for msg := range msgs.Messages() {
+		var b events.TimingBatch
+		if err := events.Unmarshal(msg.Data(), &b); err != nil {
+			t.Fatalf("decode %s: %v", subject, err)
+		}
+		for _, d := range b.Deltas {
+			var sum quantile.Summary
+			if err := sum.UnmarshalBinary(d.Summary); err != nil {
+				t.Fatalf("timing batch %d, %s: %v", b.Seq, d.Op, err)
+			}
+			if d.Op == op {
+				count += sum.Count()
+			}
+		}
+	}
+	return count
+}
+
 func subjectCount(t *testing.T, conn *bus.Conn, stream, filter string) uint64 {
 	t.Helper()
 	s, err := conn.JS.Stream(context.Background(), stream)

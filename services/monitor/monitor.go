@@ -12,10 +12,11 @@ import (
 
 	"github.com/shirou/gopsutil/v3/cpu"
 	"github.com/shirou/gopsutil/v3/mem"
+	"golang.org/x/sync/errgroup"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
-	"github.com/perfpipe/perfpipe/internal/timing"
 	"github.com/perfpipe/perfpipe/pkg/events"
+	"github.com/perfpipe/perfpipe/pkg/timing"
 )
 
 // Name is the monitor's service name in its own timings.
@@ -27,7 +28,7 @@ const opSample = "sample"
 // warnEvery is the shortest time between two warnings of the same kind.
 const warnEvery = time.Minute
 
-// flushTimeout bounds the wait for in-flight timings when Run returns.
+// flushTimeout bounds the last flush of timings when Run returns.
 const flushTimeout = 2 * time.Second
 
 // Service samples CPU and memory and publishes the readings.
@@ -61,32 +62,47 @@ func New(conn *bus.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 	if err := cfg.Validate(); err != nil {
 		return nil, err
 	}
+	log = log.With("service", Name)
+	rec, err := timing.New(conn.JS, Name, timing.Options{Host: cfg.Host, Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("new monitor: %w", err)
+	}
 	return &Service{
 		conn:  conn,
 		cfg:   cfg,
-		log:   log.With("service", Name),
-		rec:   timing.NewRecorder(conn, Name, log),
+		log:   log,
+		rec:   rec,
 		self:  int32(os.Getpid()),
 		procs: make(map[int32]*tracked),
 	}, nil
 }
 
 // Run reads and publishes once per Config.Interval until ctx is cancelled,
-// then waits briefly for its timings to be acknowledged and returns nil.
-// A failed reading or publication is logged and retried at the next tick.
+// then publishes its last timings, waiting briefly, and returns nil. A
+// failed reading or publication is logged and retried at the next tick.
 // Run must not be called twice at the same time.
 func (s *Service) Run(ctx context.Context) error {
 	s.log.Info("monitor started", "host", s.cfg.Host, "interval", s.cfg.Interval,
 		"process_name", s.cfg.ProcessName)
 	s.prime(ctx)
 
+	var g errgroup.Group
+	g.Go(func() error { return s.rec.Run(ctx) })
+	g.Go(func() error { return s.loop(ctx) })
+	err := g.Wait()
+
+	s.flush()
+	s.log.Info("monitor stopped")
+	return err
+}
+
+// loop takes a reading per interval until ctx is cancelled.
+func (s *Service) loop(ctx context.Context) error {
 	tick := time.NewTicker(s.cfg.Interval)
 	defer tick.Stop()
 	for {
 		select {
 		case <-ctx.Done():
-			s.flush()
-			s.log.Info("monitor stopped")
 			return nil
 		case <-tick.C:
 			s.tick(ctx)
@@ -200,11 +216,14 @@ func (s *Service) publish(ctx context.Context, readings []events.Resource) {
 	}
 }
 
-// flush waits up to flushTimeout for the timings in flight.
+// flush publishes the timings of the last reading, which may have ended
+// after the recorder's own last flush, within flushTimeout.
 func (s *Service) flush() {
 	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
 	defer cancel()
-	s.rec.Flush(ctx)
+	if err := s.rec.Flush(ctx); err != nil {
+		s.log.Warn("timings not published at stop", "err", err)
+	}
 }
 
 // rateLimit lets one warning of a kind through per warnEvery and counts

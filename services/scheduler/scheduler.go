@@ -14,8 +14,8 @@ import (
 	"golang.org/x/sync/errgroup"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
-	"github.com/perfpipe/perfpipe/internal/timing"
 	"github.com/perfpipe/perfpipe/pkg/events"
+	"github.com/perfpipe/perfpipe/pkg/timing"
 )
 
 // Name is the service's name in timings, dead letters and logs.
@@ -44,7 +44,7 @@ const (
 	idleWait = time.Hour
 	// drainTimeout bounds the handling of pulled messages at shutdown.
 	drainTimeout = 5 * time.Second
-	// flushTimeout bounds the wait for timings at shutdown.
+	// flushTimeout bounds the last flush of timings at shutdown.
 	flushTimeout = 2 * time.Second
 )
 
@@ -96,12 +96,16 @@ func New(conn *bus.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 		log = slog.Default()
 	}
 	log = log.With("service", Name)
+	rec, err := timing.New(conn.JS, Name, timing.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("new scheduler: %w", err)
+	}
 
 	return &Service{
 		conn:     conn,
 		cfg:      cfg,
 		log:      log,
-		rec:      timing.NewRecorder(conn, Name, log),
+		rec:      rec,
 		wake:     make(chan struct{}, 1),
 		q:        newQueue(cfg.AgingInterval),
 		held:     make(map[string]bool),
@@ -127,6 +131,7 @@ func (s *Service) Run(ctx context.Context) error {
 	s.log.Info("scheduler started", "durable", s.cfg.Durable,
 		"bucket", s.cfg.PendingBucket, "pending", s.Stats().Pending)
 	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error { return s.rec.Run(gctx) })
 	g.Go(func() error { return s.consume(gctx, cons) })
 	g.Go(func() error { return s.releaseLoop(gctx) })
 	err = g.Wait()
@@ -306,12 +311,15 @@ func (s *Service) notify() {
 	}
 }
 
-// flush waits briefly for the timings still being published.
+// flush publishes the timings recorded while the consumer drained, after
+// the recorder's own last flush.
 func (s *Service) flush() {
 	if s.conn.NC.IsClosed() {
 		return
 	}
 	ctx, cancel := context.WithTimeout(context.Background(), flushTimeout)
 	defer cancel()
-	s.rec.Flush(ctx)
+	if err := s.rec.Flush(ctx); err != nil {
+		s.log.Warn("timings not published at stop", "err", err)
+	}
 }
