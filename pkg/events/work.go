@@ -159,6 +159,27 @@ type Result struct {
 // EventType implements Event.
 func (*Result) EventType() Type { return TypeResult }
 
+// ResultMsgID is the Nats-Msg-Id of a request's result: one result per
+// request ID is stored within the de-duplication window, whichever service
+// publishes it.
+func ResultMsgID(id string) string { return "result-" + id }
+
+// DeadResult is the result of a request that went to the dead-letter
+// stream without a handler result: status dead, the reason first in Error.
+func DeadResult(req *WorkRequest, reason string, cause error, now time.Time) *Result {
+	res := &Result{
+		ID: req.ID, Kind: req.Kind, Status: StatusDead, Error: reason,
+		Priority: req.Priority, Finished: now,
+	}
+	if cause != nil {
+		res.Error = reason + ": " + cause.Error()
+	}
+	if !req.Trace.Submitted.IsZero() {
+		res.Stages.EndToEnd = Duration(now.Sub(req.Trace.Submitted))
+	}
+	return res
+}
+
 // DeadLetter records a message that perfpipe gave up on, published on
 // DeadSubject(kind). It keeps the original bytes so it can be replayed.
 type DeadLetter struct {

@@ -20,6 +20,9 @@ type sleepRequest struct {
 	Fail string `json:"fail,omitempty"`
 }
 
+// maxSleepMS caps one sleep at a day, well inside time.Duration's range.
+const maxSleepMS = 24 * 60 * 60 * 1000
+
 // sleepOutput is the output of the sleep kind.
 type sleepOutput struct {
 	SleptMS int64 `json:"slept_ms"`
@@ -39,8 +42,12 @@ func (sleepHandler) Handle(ctx context.Context, req *events.WorkRequest) (events
 	if err := decodePayload(req.Payload, &in); err != nil {
 		return nil, fmt.Errorf("sleep %s: %w", req.ID, err)
 	}
-	if in.MS < 0 {
-		return nil, Permanentf("sleep %s: negative ms %d", req.ID, in.MS)
+	if in.MS < 0 || in.MS > maxSleepMS {
+		return nil, Permanentf("sleep %s: ms %d outside 0-%d", req.ID, in.MS, maxSleepMS)
+	}
+	if in.Fail != "" && in.Fail != "transient" && in.Fail != "permanent" {
+		return nil, Permanentf("sleep %s: fail %q is not \"transient\" or \"permanent\"",
+			req.ID, in.Fail)
 	}
 
 	t := time.NewTimer(time.Duration(in.MS) * time.Millisecond)
@@ -52,15 +59,12 @@ func (sleepHandler) Handle(ctx context.Context, req *events.WorkRequest) (events
 	}
 
 	switch in.Fail {
-	case "":
-		return json.Marshal(sleepOutput{SleptMS: in.MS})
 	case "transient":
 		return nil, errSleepTransient
 	case "permanent":
 		return nil, Permanentf("sleep %s: permanent failure requested", req.ID)
 	}
-	return nil, Permanentf("sleep %s: fail %q is not \"transient\" or \"permanent\"",
-		req.ID, in.Fail)
+	return json.Marshal(sleepOutput{SleptMS: in.MS})
 }
 
 // decodePayload reads a JSON payload into v, refusing unknown fields. Its

@@ -26,6 +26,11 @@ func TestSleepHandler(t *testing.T) {
 		{name: "unknown fail", payload: `{"fail": "sometimes"}`, wantErr: true,
 			permanent: true},
 		{name: "negative", payload: `{"ms": -1}`, wantErr: true, permanent: true},
+		{name: "overflow", payload: `{"ms": 9223372036854775807}`, wantErr: true,
+			permanent: true},
+		// Checked before sleeping: the short timeout would otherwise end it.
+		{name: "unknown fail, long", payload: `{"ms": 3000, "fail": "bogus"}`,
+			timeout: time.Second, wantErr: true, permanent: true},
 		{name: "bad payload", payload: `{"seconds": 1}`, wantErr: true, permanent: true},
 		{name: "empty payload", payload: ``, wantErr: true, permanent: true},
 		{name: "cancelled", payload: `{"ms": 10000}`, timeout: 20 * time.Millisecond,
@@ -48,7 +53,7 @@ func TestSleepHandler(t *testing.T) {
 			if got := IsPermanent(err); got != tt.permanent {
 				t.Errorf("IsPermanent(%v) = %v, want %v", err, got, tt.permanent)
 			}
-			if tt.timeout > 0 && !errors.Is(err, context.DeadlineExceeded) {
+			if tt.timeout > 0 && !tt.permanent && !errors.Is(err, context.DeadlineExceeded) {
 				t.Errorf("Handle() error = %v, want context.DeadlineExceeded", err)
 			}
 			if string(out) != tt.want {

@@ -333,6 +333,15 @@ func (s *Service) deadLetter(ctx context.Context, msg jetstream.Msg,
 		_ = msg.NakWithDelay(s.cfg.RetryDelay)
 		return
 	}
+	if req != nil && req.ID != "" {
+		// Whoever waits for the request hears why it will not run.
+		res := events.DeadResult(req, dl.Reason, cause, time.Now())
+		res.Kind = dl.Kind
+		if err := s.conn.Publish(ctx, events.ResultSubject(dl.Kind), res,
+			events.ResultMsgID(req.ID)); err != nil {
+			s.log.Warn("dead result not published", "id", req.ID, "err", err)
+		}
+	}
 	s.dead.Add(1)
 	if err := msg.TermWithReason(dl.Reason); err != nil {
 		s.log.Warn("term after dead letter", "subject", msg.Subject(), "err", err)

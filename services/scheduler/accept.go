@@ -2,6 +2,7 @@ package scheduler
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"time"
 
@@ -74,7 +75,13 @@ func (s *Service) decode(msg jetstream.Msg, meta *jetstream.MsgMetadata) (
 	*events.WorkRequest, *rejection) {
 	var req events.WorkRequest
 	if err := events.Unmarshal(msg.Data(), &req); err != nil {
-		return nil, &rejection{reason: events.Reason(err), err: err}
+		rej := &rejection{reason: events.Reason(err), err: err}
+		id := events.PeekID(msg.Data())
+		if id != "" && !errors.Is(err, events.ErrWrongType) {
+			// Unreadable as a whole, but whoever waits for id hears why.
+			return &events.WorkRequest{ID: id}, rej
+		}
+		return nil, rej
 	}
 	if req.ID == "" {
 		// The stream sequence is the same on every redelivery.
@@ -85,9 +92,9 @@ func (s *Service) decode(msg jetstream.Msg, meta *jetstream.MsgMetadata) (
 	if req.Kind == "" {
 		req.Kind = kind
 	}
-	if req.Kind != kind {
-		err := fmt.Errorf("work request %s: kind %q on subject %s", req.ID, req.Kind,
-			msg.Subject())
+	if req.Kind != kind || msg.Subject() != events.SubmitSubject(kind) {
+		err := fmt.Errorf("work request %s: kind %q on subject %s, want %s", req.ID,
+			req.Kind, msg.Subject(), events.SubmitSubject(req.Kind))
 		return &req, &rejection{reason: "kind mismatch", err: err}
 	}
 	if err := req.Validate(); err != nil {
@@ -128,20 +135,13 @@ func (s *Service) reject(ctx context.Context, msg jetstream.Msg, meta *jetstream
 	return nil
 }
 
-// publishDead publishes the result of a rejected request. Its ID is the
-// message ID, so a redelivery does not publish it twice.
+// publishDead publishes the result of a rejected request, de-duplicated by
+// its ID so that a redelivery does not publish it twice.
 func (s *Service) publishDead(ctx context.Context, kind string, req *events.WorkRequest,
 	rej *rejection) error {
-	now := time.Now()
-	res := &events.Result{
-		ID: req.ID, Kind: kind, Status: events.StatusDead,
-		Error:    rej.reason + ": " + rej.err.Error(),
-		Priority: req.Priority, Finished: now,
-	}
-	if !req.Trace.Submitted.IsZero() {
-		res.Stages.EndToEnd = events.Duration(now.Sub(req.Trace.Submitted))
-	}
-	return s.conn.Publish(ctx, events.ResultSubject(kind), res, req.ID)
+	res := events.DeadResult(req, rej.reason, rej.err, time.Now())
+	res.Kind = kind
+	return s.conn.Publish(ctx, events.ResultSubject(kind), res, events.ResultMsgID(req.ID))
 }
 
 // schedule releases req at once when it is due, nothing due waits before

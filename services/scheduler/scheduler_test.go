@@ -264,10 +264,11 @@ func TestDeadLetters(t *testing.T) {
 		wantID     string // the ID of a decodable request: a dead result is due
 	}{
 		{name: "garbage", data: []byte("\xc1\xff not an event"), wantReason: "undecodable"},
-		{name: "bad json", data: []byte(`{"id":"x","bogus":1}`), wantReason: "undecodable"},
+		{name: "bad json", data: []byte(`{"id":"x","bogus":1}`), wantReason: "undecodable",
+			wantID: "x"},
 		{name: "wrong type", data: wrongType, wantReason: "wrong type"},
 		{name: "newer schema", data: []byte(`{"v":99,"id":"s-1"}`),
-			wantReason: "unsupported schema"},
+			wantReason: "unsupported schema", wantID: "s-1"},
 		{name: "kind mismatch", data: []byte(`{"id":"km-1","kind":"other"}`),
 			wantReason: "kind mismatch", wantID: "km-1"},
 		{name: "priority 12", data: []byte(`{"id":"prio-12","priority":12}`),
