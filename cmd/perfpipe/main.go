@@ -69,7 +69,7 @@ func newRoot(stdout io.Writer) *ffcli.Command {
 			"submit work with `perfpipe submit`, watch it with `perfpipe watch`.",
 		Subcommands: []*ffcli.Command{
 			upCommand(), serverCommand(), schedulerCommand(), batcherCommand(), agentCommand(),
-			aggregatorCommand(), monitorCommand(), submitCommand(stdout), watchCommand(stdout),
+			aggregatorCommand(), monitorCommand(), submitCommand(stdout), watchCommand(stdout), benchCommand(stdout),
 		},
 		Exec: func(_ context.Context, args []string) error {
 			if len(args) > 0 {
