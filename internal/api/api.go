@@ -10,6 +10,9 @@ import (
 	"net/http"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/promhttp"
+
 	"github.com/perfpipe/perfpipe/pkg/events"
 )
 
@@ -30,7 +33,8 @@ type Health struct {
 }
 
 // NewHandler returns the mux with /healthz and, when snaps is not nil,
-// /snapshots. A failing critical check makes /healthz answer 503; a
+// /snapshots (JSON, filtered by ?group=service or service.op) and /metrics
+// (Prometheus exposition). A failing critical check makes /healthz answer 503; a
 // failing optional one (a cache the services can work without) only marks
 // the status "degraded".
 func NewHandler(critical, optional map[string]Check, snaps SnapshotSource) http.Handler {
@@ -57,6 +61,9 @@ func NewHandler(critical, optional map[string]Check, snaps SnapshotSource) http.
 	})
 
 	if snaps != nil {
+		reg := prometheus.NewRegistry()
+		reg.MustRegister(NewCollector(snaps))
+		mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{}))
 		mux.HandleFunc("GET /snapshots", func(w http.ResponseWriter, r *http.Request) {
 			list := snaps.Snapshots(r.URL.Query().Get("group"))
 			for i := range list {

@@ -3,6 +3,7 @@ package api
 import (
 	"encoding/json"
 	"errors"
+	"io"
 	"net/http"
 	"net/http/httptest"
 	"strings"
@@ -40,7 +41,10 @@ func TestOptionalCheckDegrades(t *testing.T) {
 }
 
 func TestHandler(t *testing.T) {
-	snaps := fixedSnaps{{Service: "agent", Op: "http", Count: 3}, {Service: "batcher", Op: "batch"}}
+	snaps := fixedSnaps{
+		{Service: "agent", Op: "http", Figures: events.Figures{Count: 3}},
+		{Service: "batcher", Op: "batch"},
+	}
 	healthy := map[string]Check{"nats": func() error { return nil }}
 	broken := map[string]Check{"nats": func() error { return errors.New("disconnected") }}
 
@@ -82,5 +86,39 @@ func TestHandler(t *testing.T) {
 				t.Errorf("body = %s, want it to contain %s", pretty, tt.wantBody)
 			}
 		})
+	}
+}
+
+func TestMetrics(t *testing.T) {
+	p95, p99 := 12.5, 40.0
+	snaps := fixedSnaps{
+		{Service: "agent", Op: "http", Total: 7, Late: 2,
+			Figures: events.Figures{Count: 3, Rate: 0.5, P95Ms: &p95, P99Ms: &p99}},
+		{Service: "agent", Op: "idle"}, // empty window: no quantiles
+	}
+	srv := httptest.NewServer(NewHandler(nil, nil, snaps))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	text := string(body)
+
+	for _, want := range []string{
+		`perfpipe_latency_ms{op="http",quantile="0.95",service="agent"} 12.5`,
+		`perfpipe_latency_ms{op="http",quantile="0.99",service="agent"} 40`,
+		`perfpipe_window_samples{op="http",service="agent"} 3`,
+		`perfpipe_samples_total{op="http",service="agent"} 7`,
+		`perfpipe_dropped_total{op="http",reason="late",service="agent"} 2`,
+		`perfpipe_window_samples{op="idle",service="agent"} 0`,
+	} {
+		if !strings.Contains(text, want) {
+			t.Errorf("/metrics lacks %s", want)
+		}
+	}
+	if strings.Contains(text, `op="idle",quantile`) {
+		t.Errorf("/metrics has quantiles for an empty window:\n%s", text)
 	}
 }
