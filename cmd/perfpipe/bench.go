@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"io"
 	"os"
+	"os/exec"
 	"time"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -14,11 +15,13 @@ import (
 )
 
 type benchFlags struct {
-	samples     int
-	consumeMsgs int
-	msgSize     int
-	storeDir    string
-	external    bool
+	ingest         bench.IngestConfig
+	samples        int
+	visibilityRuns int
+	consumeMsgs    int
+	msgSize        int
+	storeDir       string
+	external       bool
 }
 
 func benchCommand(stdout io.Writer) *ffcli.Command {
@@ -27,6 +30,10 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 	fs.IntVar(&f.samples, "accuracy-samples", 100_000, "samples per distribution in the accuracy table")
 	fs.IntVar(&f.consumeMsgs, "consume-msgs", 200_000, "messages in the JetStream consume baseline")
 	fs.IntVar(&f.msgSize, "msg-size", 128, "bytes per message in the consume baseline")
+	fs.IntVar(&f.ingest.Producers, "producers", 2, "timing producers in the ingest run")
+	fs.IntVar(&f.ingest.Ops, "ops", 20, "operations each producer times")
+	fs.DurationVar(&f.ingest.Duration, "duration", 5*time.Second, "how long the producers record")
+	fs.IntVar(&f.visibilityRuns, "visibility-runs", 20, "samples timed from record to snapshot")
 	fs.StringVar(&f.storeDir, "store-dir", "", "store of the embedded server; empty means a temporary folder")
 	fs.BoolVar(&f.external, "external-nats", false, "measure the server at --nats-url instead of an embedded one")
 
@@ -35,8 +42,10 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 		ShortUsage: "perfpipe bench [flags]",
 		ShortHelp:  "measure quantile accuracy and ingest rates on this machine",
 		LongHelp: "Prints the accuracy of perfpipe's quantiles beside a last-100-samples\n" +
-			"baseline, and the JetStream consume rate of this machine. Runs against an\n" +
-			"embedded NATS server unless --external-nats is given.",
+			"baseline, the JetStream consume rate of this machine, and the rate at which\n" +
+			"timing samples go from producers through NATS into the aggregator's windows,\n" +
+			"all in one run. Runs against a fresh embedded NATS server unless\n" +
+			"--external-nats is given (then the server should hold no other telemetry).",
 		FlagSet: fs,
 		Options: envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
@@ -66,7 +75,42 @@ func runBench(ctx context.Context, w io.Writer, g *globals, f *benchFlags) error
 	}
 	fmt.Fprintf(w, "\njetstream consume baseline: %d msgs of %d B in %.2fs: %.0f msgs/s\n",
 		res.Msgs, res.Size, res.Seconds, res.PerSecond)
+	printNatsBench(ctx, w, url, f)
+
+	in, err := bench.Ingest(ctx, url, f.ingest)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "timing ingest, end to end: %d samples from %d producers x %d ops in %.2fs "+
+		"(%d batches): %.0f samples/s, %.1fx the consume baseline\n",
+		in.Applied, f.ingest.Producers, f.ingest.Ops, in.Seconds, in.Batches, in.PerSecond,
+		in.PerSecond/res.PerSecond)
+
+	vis, err := bench.Visibility(ctx, url, f.visibilityRuns)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "record to published snapshot, %d runs: p50 %s, p99 %s, max %s\n",
+		vis.Runs, vis.P50.Round(time.Millisecond), vis.P99.Round(time.Millisecond),
+		vis.Max.Round(time.Millisecond))
 	return nil
+}
+
+// printNatsBench prints `nats bench js consume` on the same server when
+// the nats CLI is installed, and says how to get it when it is not.
+func printNatsBench(ctx context.Context, w io.Writer, url string, f *benchFlags) {
+	path, err := exec.LookPath("nats")
+	if err != nil {
+		fmt.Fprintln(w, "nats bench js consume: skipped, no nats CLI on PATH "+
+			"(go install github.com/nats-io/natscli/nats@v0.5.0)")
+		return
+	}
+	line, err := bench.NatsCLIConsume(ctx, path, url, f.consumeMsgs, f.msgSize)
+	if err != nil {
+		fmt.Fprintln(w, "nats bench js consume: failed:", err)
+		return
+	}
+	fmt.Fprintln(w, "nats bench js consume:", line)
 }
 
 // benchServer returns the URL to measure: an embedded server on a free

@@ -75,11 +75,45 @@ func (w *wiring) bindAgent(fs *flag.FlagSet) {
 
 func (w *wiring) bindAggregator(fs *flag.FlagSet) {
 	c := &w.aggregator
-	fs.DurationVar(&c.Window, "window", aggregator.DefaultWindow, "sliding window of a snapshot")
+	c.Windows = aggregator.DefaultWindows()
+	fs.Var((*durationList)(&c.Windows), "windows",
+		"comma-separated snapshot windows; the smallest is published final once per window")
+	fs.DurationVar(&c.Resolution, "resolution", aggregator.DefaultResolution,
+		"bucket width, by event time; every window must be a multiple of it")
+	fs.DurationVar(&c.AllowedLateness, "lateness", aggregator.DefaultAllowedLateness,
+		"how long after its end a window still takes samples")
 	fs.DurationVar(&c.PublishInterval, "publish-interval", aggregator.DefaultPublishInterval,
 		"how often snapshots are published")
 	fs.DurationVar(&c.SnapshotTTL, "snapshot-ttl", aggregator.DefaultSnapshotTTL,
 		"TTL of the latest snapshots in the cache")
+	fs.IntVar(&c.MaxGroups, "max-groups", aggregator.DefaultMaxGroups,
+		"groups kept; samples of further groups go to the _overflow group")
+	fs.IntVar(&c.Partitions, "partitions", 1, "aggregator instances sharing the groups")
+	fs.IntVar(&c.Partition, "partition", 0, "which share of the groups this instance keeps, from 0")
+}
+
+// durationList is a flag of comma-separated durations.
+type durationList []time.Duration
+
+func (l *durationList) String() string {
+	parts := make([]string, len(*l))
+	for i, d := range *l {
+		parts[i] = d.String()
+	}
+	return strings.Join(parts, ",")
+}
+
+func (l *durationList) Set(s string) error {
+	var out []time.Duration
+	for _, p := range splitList(s) {
+		d, err := time.ParseDuration(p)
+		if err != nil {
+			return err
+		}
+		out = append(out, d)
+	}
+	*l = out
+	return nil
 }
 
 func (w *wiring) bindMonitor(fs *flag.FlagSet) {

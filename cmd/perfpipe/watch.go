@@ -55,8 +55,8 @@ func runWatch(ctx context.Context, nc *nats.Conn, w io.Writer, once bool,
 	)
 	sub, err := nc.Subscribe(events.SnapshotAll, func(m *nats.Msg) {
 		var s events.Snapshot
-		if events.Unmarshal(m.Data, &s) != nil {
-			return
+		if events.Unmarshal(m.Data, &s) != nil || !s.Partial {
+			return // finals repeat a closed window; the table is live
 		}
 		key := s.Service + "." + s.Op
 		if !strings.HasPrefix(key, group) {
@@ -123,11 +123,20 @@ func printTable(w io.Writer, snaps map[string]events.Snapshot) error {
 	fmt.Fprintln(tw, "SERVICE\tOP\tCOUNT\tERR\tRATE/s\tP50 ms\tP95 ms\tP99 ms\tP99.9 ms\tMAX ms\tEXTRA\t")
 	for _, k := range keys {
 		s := snaps[k]
-		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%.2f\t%.2f\t%.2f\t%.2f\t%.2f\t%s\t\n",
+		fmt.Fprintf(tw, "%s\t%s\t%d\t%d\t%.1f\t%s\t%s\t%s\t%s\t%s\t%s\t\n",
 			s.Service, s.Op, s.Count, s.Errors, s.Rate,
-			s.P50Ms, s.P95Ms, s.P99Ms, s.P999Ms, s.MaxMs, extra(&s))
+			latency(s.P50Ms), latency(s.P95Ms), latency(s.P99Ms), latency(s.P999Ms),
+			latency(s.MaxMs), extra(&s))
 	}
 	return tw.Flush()
+}
+
+// latency formats a latency, "-" when the window held no timing.
+func latency(v *float64) string {
+	if v == nil {
+		return "-"
+	}
+	return fmt.Sprintf("%.2f", *v)
 }
 
 // extra formats the cache and resource figures of a snapshot.

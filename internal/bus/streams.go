@@ -15,6 +15,15 @@ import (
 // request ID published twice within it is stored once.
 const DedupWindow = 2 * time.Minute
 
+// FinalsPerGroup is how many final snapshots the snapshots stream keeps per
+// group: a day of one-minute windows.
+const FinalsPerGroup = 24 * 60
+
+// FinalsDedupWindow is how long the snapshots stream remembers the id of a
+// final snapshot; an aggregator restarted within it publishes no window
+// twice.
+const FinalsDedupWindow = 15 * time.Minute
+
 // StreamConfigs returns the configuration of every perfpipe stream.
 func StreamConfigs() []jetstream.StreamConfig {
 	work := func(name, subject string, maxAge time.Duration) jetstream.StreamConfig {
@@ -33,6 +42,13 @@ func StreamConfigs() []jetstream.StreamConfig {
 	telemetry.Subjects = append(telemetry.Subjects, events.BatchTimingAll, events.ResourceAll)
 	telemetry.Duplicates = 30 * time.Second
 
+	// Final snapshots: one per group and closed window, de-duplicated by
+	// group and window end so that an aggregator restarted after
+	// publishing but before its checkpoint stores each window once.
+	finals := work(events.StreamSnapshots, events.FinalAll, 24*time.Hour)
+	finals.MaxMsgsPerSubject = FinalsPerGroup
+	finals.Duplicates = FinalsDedupWindow
+
 	return []jetstream.StreamConfig{
 		work(events.StreamWork, events.SubmitAll, 24*time.Hour),
 		work(events.StreamReady, events.ReadyAll, 24*time.Hour),
@@ -40,6 +56,7 @@ func StreamConfigs() []jetstream.StreamConfig {
 		work(events.StreamResults, events.ResultAll, 24*time.Hour),
 		work(events.StreamDead, events.DeadAll, 7*24*time.Hour),
 		telemetry,
+		finals,
 	}
 }
 

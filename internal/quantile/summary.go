@@ -88,6 +88,17 @@ func (s *Summary) fold() {
 	s.exact = nil
 }
 
+// Fold gives up exactness to save memory: it moves the exact values into
+// a sketch, so that quantiles are within RelativeAccuracy from then on and
+// memory follows the bins used rather than the values kept. Merging a
+// folded summary gives the same sketch as merging the values it held. An
+// empty summary or one with a sketch is left as it is.
+func (s *Summary) Fold() {
+	if s.sketch == nil && s.n > 0 {
+		s.fold()
+	}
+}
+
 // Merge adds every value of o to s. o is not changed.
 func (s *Summary) Merge(o *Summary) {
 	if o == nil || o.n == 0 {

@@ -76,6 +76,39 @@ func TestMergeSmall(t *testing.T) {
 	}
 }
 
+func TestFold(t *testing.T) {
+	vals := []float64{3, 1, 4, 1, 5, 9, 2, 6}
+	folded := summaryOf(t, vals...)
+	folded.Fold()
+	if folded.Exact() {
+		t.Fatal("Exact() = true after Fold, want false")
+	}
+	if folded.Count() != 8 || folded.Min() != 1 || folded.Max() != 9 || folded.Sum() != 31 {
+		t.Errorf("count, min, max, sum = %d, %v, %v, %v, want 8, 1, 9, 31",
+			folded.Count(), folded.Min(), folded.Max(), folded.Sum())
+	}
+
+	// Merging the folded summary equals merging its values into a sketch.
+	big := make([]float64, ExactLimit)
+	for i := range big {
+		big[i] = float64(i%97) + 0.5
+	}
+	viaFold, viaValues := summaryOf(t, big...), summaryOf(t, big...)
+	viaFold.Merge(folded)
+	viaValues.Merge(summaryOf(t, vals...))
+	for _, q := range []float64{0, 0.1, 0.5, 0.9, 0.99, 1} {
+		if a, b := viaFold.Quantile(q), viaValues.Quantile(q); a != b {
+			t.Errorf("q%v: merged folded %v, merged values %v", q, a, b)
+		}
+	}
+
+	var empty Summary
+	empty.Fold()
+	if !empty.Exact() {
+		t.Error("Fold of an empty summary made a sketch, want it left empty")
+	}
+}
+
 func TestRejectsBadValues(t *testing.T) {
 	var s Summary
 	for _, v := range []float64{math.NaN(), math.Inf(1), math.Inf(-1)} {

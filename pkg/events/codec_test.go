@@ -2,6 +2,7 @@ package events_test
 
 import (
 	"errors"
+	"fmt"
 	"testing"
 	"time"
 
@@ -196,6 +197,7 @@ func TestSubjects(t *testing.T) {
 		{events.SubmitSubject("http"), "work.submit.http"},
 		{events.TimingSubject("agent", "http.cache"), "perf.timing.agent.http_cache"},
 		{events.SnapshotSubject("a b", "*"), "perf.snapshot.a_b._"},
+		{events.FinalSubject("agent", "http"), "perf.snapshot.agent.http.final"},
 		{events.ResourceSubject("", "up"), "perf.resource._.up"},
 		{events.LastToken("work.submit.csv"), "csv"},
 	}
@@ -203,5 +205,47 @@ func TestSubjects(t *testing.T) {
 		if tt.got != tt.want {
 			t.Errorf("got %q, want %q", tt.got, tt.want)
 		}
+	}
+}
+
+// TestSnapshotWire checks that a snapshot's figures travel flat, as
+// before they were a struct of their own, and that absent latencies stay
+// absent rather than zero.
+func TestSnapshotWire(t *testing.T) {
+	p95 := 4.5
+	in := &events.Snapshot{Service: "agent", Op: "http", Partial: true,
+		Figures: events.Figures{Count: 3, P95Ms: &p95},
+		Rollups: []events.Figures{{Count: 0}}}
+	b, err := events.Marshal(in)
+	if err != nil {
+		t.Fatalf("Marshal: %v", err)
+	}
+	var flat map[string]any
+	if err := msgpack.Unmarshal(b, &flat); err != nil {
+		t.Fatalf("decode as a map: %v", err)
+	}
+	if fmt.Sprint(flat["count"]) != "3" || flat["p95_ms"] != 4.5 || flat["partial"] != true {
+		t.Errorf("count %v p95_ms %v partial %v, want 3, 4.5, true at the top level",
+			flat["count"], flat["p95_ms"], flat["partial"])
+	}
+	if _, ok := flat["p50_ms"]; ok {
+		t.Errorf("p50_ms present, want absent when not set")
+	}
+
+	var out events.Snapshot
+	if err := events.Unmarshal(b, &out); err != nil {
+		t.Fatalf("Unmarshal: %v", err)
+	}
+	if diff := cmp.Diff(in, &out); diff != "" {
+		t.Errorf("round trip (-want +got):\n%s", diff)
+	}
+	j, err := events.MarshalJSON(in)
+	if err != nil {
+		t.Fatalf("MarshalJSON: %v", err)
+	}
+	var fromJSON events.Snapshot
+	if err := events.Unmarshal(j, &fromJSON); err != nil || fromJSON.P95Ms == nil ||
+		*fromJSON.P95Ms != 4.5 || fromJSON.P50Ms != nil {
+		t.Errorf("json %s read back as %+v, %v", j, fromJSON.Figures, err)
 	}
 }

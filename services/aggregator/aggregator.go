@@ -5,7 +5,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"math"
 	"strings"
 	"sync"
 	"sync/atomic"
@@ -16,53 +15,99 @@ import (
 
 	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/internal/cache"
-	"github.com/perfpipe/perfpipe/internal/timing"
 	"github.com/perfpipe/perfpipe/pkg/events"
+	"github.com/perfpipe/perfpipe/pkg/timing"
 )
 
 // ServiceName is the name the aggregator records its own timings under.
 const ServiceName = "aggregator"
-
-// pullBatch is how many events the consumer buffers at most.
-const pullBatch = 500
 
 // warnEvery rate-limits each kind of Warn log.
 const warnEvery = 10 * time.Second
 
 // Stats are the service's counters since New.
 type Stats struct {
-	// Received counts telemetry messages consumed.
+	// Received counts telemetry messages consumed, redeliveries included.
 	Received int64
-	// Applied counts samples placed in a window.
+	// Skipped counts redelivered messages that were already applied.
+	Skipped int64
+	// Applied counts samples placed in a bucket.
 	Applied int64
-	// Dropped counts valid samples outside their window.
-	Dropped int64
-	// Rejected counts undecodable or invalid messages.
+	// Late and Future count valid samples outside every window.
+	Late, Future int64
+	// Rejected counts bad input: undecodable messages, negative durations,
+	// corrupt summaries.
 	Rejected int64
-	// Flushes counts snapshot flushes.
-	Flushes int64
+	// Foreign counts samples, or undecoded batch deltas, of groups that
+	// another partition keeps.
+	Foreign int64
+	// Overflowed counts samples added to the overflow group.
+	Overflowed int64
+	// Groups is the number of groups held now, the overflow group included.
+	Groups int
+	// Flushes counts flushes; Finals counts final snapshots the snapshots
+	// stream acknowledged.
+	Flushes, Finals int64
 	// PublishFailed counts snapshots that could not be published.
 	PublishFailed int64
 	// StoreFailed counts flushes whose store write failed.
 	StoreFailed int64
+	// Checkpoints and CheckpointFailed count checkpoint writes.
+	Checkpoints, CheckpointFailed int64
+	// CheckpointSeq is the stream sequence the latest checkpoint holds.
+	CheckpointSeq uint64
+}
+
+// counters are the atomics behind Stats.
+type counters struct {
+	received, skipped, applied, late, future, rejected atomic.Int64
+	foreign, overflowed, flushes, finals               atomic.Int64
+	publishFailed, storeFailed                         atomic.Int64
+	checkpoints, checkpointFailed                      atomic.Int64
+	checkpointSeq                                      atomic.Uint64
+}
+
+// position is the last message applied.
+type position struct {
+	seq uint64
+	ts  int64
+	msg jetstream.Msg
 }
 
 // Service is the aggregator. Build it with New and start it with Run.
 type Service struct {
-	conn   *bus.Conn
-	store  cache.Store
-	cfg    Config
-	log    *slog.Logger
-	rec    *timing.Recorder
-	groups *table
+	conn  *bus.Conn
+	store cache.Store
+	cfg   Config
+	name  string // of the consumer and the checkpoint
+	log   *slog.Logger
+	rec   *timing.Recorder
+	table *table
+
+	cons    jetstream.Consumer
+	objects jetstream.ObjectStore
+
+	// applyMu is held while one message is applied, so that a checkpoint
+	// holds a whole number of messages.
+	applyMu    sync.Mutex
+	pos        position
+	appliedSeq atomic.Uint64
+	appliedTs  atomic.Int64
+
+	// outbox holds the final snapshots not yet acknowledged by the stream.
+	outMu    sync.Mutex
+	outbox   []final
+	finalGen atomic.Uint64
+	// lastMark is what the latest checkpoint holds; the checkpoint loop
+	// owns it, and stop after the loop.
+	lastMark mark
 
 	mu     sync.RWMutex
 	latest []events.Snapshot
 
-	received, applied, dropped, rejected atomic.Int64
-	flushes, publishFailed, storeFailed  atomic.Int64
-
-	warnReject, warnPublish, warnStore, warnSlow limiter
+	stats                                     counters
+	warnReject, warnPublish, warnStore        limiter
+	warnSlow, warnCheckpoint, warnUnavailable limiter
 }
 
 // New returns an aggregator that consumes from conn and writes the latest
@@ -79,54 +124,97 @@ func New(conn *bus.Conn, store cache.Store, cfg Config, log *slog.Logger) (*Serv
 		log = slog.Default()
 	}
 	log = log.With("service", ServiceName)
-	return &Service{
-		conn:   conn,
-		store:  store,
-		cfg:    cfg,
-		log:    log,
-		rec:    timing.NewRecorder(conn, ServiceName, log),
-		groups: newTable(cfg),
-	}, nil
+	rec, err := timing.New(conn.JS, ServiceName, timing.Options{Logger: log})
+	if err != nil {
+		return nil, fmt.Errorf("aggregator: %w", err)
+	}
+	s := &Service{
+		conn: conn, store: store, cfg: cfg, name: cfg.consumerName(), log: log,
+		rec: rec, table: newTable(cfg),
+	}
+	s.appliedTs.Store(minNanos)
+	return s, nil
 }
 
-// Run consumes telemetry and publishes snapshots until ctx is cancelled.
-// It then applies the events it had buffered, flushes one last time and
-// returns nil; an error means the consumer failed.
+// Run restores the latest checkpoint, then consumes telemetry and
+// publishes snapshots until ctx is cancelled. It then applies the events
+// it had buffered, flushes and checkpoints one last time and returns nil;
+// an error means the consumer or the checkpoint store failed.
 func (s *Service) Run(ctx context.Context) error {
-	s.log.Info("aggregator started", "durable", s.cfg.Durable, "window", s.cfg.Window,
-		"resolution", s.cfg.Resolution, "store", s.storeName())
+	s.log.Info("aggregator started", "consumer", s.name, "windows", s.cfg.Windows,
+		"resolution", s.cfg.Resolution, "partition", s.cfg.Partition,
+		"partitions", s.cfg.Partitions, "store", s.storeName())
+	if err := s.start(ctx); err != nil {
+		if ctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+
+	// Timings flush until the last snapshot flush, then once more.
+	timings, stopTimings := context.WithCancel(context.WithoutCancel(ctx))
+	var tg errgroup.Group
+	tg.Go(func() error { return s.rec.Run(timings) })
 
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error { return s.consume(gctx) })
 	g.Go(func() error { return s.flushLoop(gctx) })
+	g.Go(func() error { return s.checkpointLoop(gctx) })
 	err := g.Wait()
 
-	final, cancel := context.WithTimeout(context.WithoutCancel(ctx), s.cfg.StoreTimeout)
+	s.stop(ctx)
+	stopTimings()
+	_ = tg.Wait()
+	s.log.Info("aggregator stopped", "received", s.stats.received.Load(),
+		"checkpoint_seq", s.stats.checkpointSeq.Load(), "err", err)
+	return err
+}
+
+// start restores the checkpoint and creates the consumer after it.
+func (s *Service) start(ctx context.Context) error {
+	if err := s.openCheckpoints(ctx); err != nil {
+		return err
+	}
+	if err := s.restore(ctx); err != nil {
+		return err
+	}
+	cons, err := s.consumer(ctx, s.appliedSeq.Load())
+	if err != nil {
+		return err
+	}
+	s.cons = cons
+	return nil
+}
+
+// stop flushes and checkpoints within the store timeout.
+func (s *Service) stop(ctx context.Context) {
+	final, cancel := context.WithTimeout(context.WithoutCancel(ctx), 2*s.cfg.StoreTimeout)
 	defer cancel()
 	s.flush(final, time.Now())
-	if ferr := s.conn.NC.FlushWithContext(final); ferr != nil {
-		s.log.Debug("final nats flush", "err", ferr)
+	s.checkpoint(final)
+	if err := s.conn.NC.FlushWithContext(final); err != nil {
+		s.log.Debug("final nats flush", "err", err)
 	}
-	s.rec.Flush(final)
-
-	s.log.Info("aggregator stopped", "received", s.received.Load(), "err", err)
-	return err
 }
 
 // Stats returns the counters since New.
 func (s *Service) Stats() Stats {
+	c := &s.stats
 	return Stats{
-		Received: s.received.Load(), Applied: s.applied.Load(),
-		Dropped: s.dropped.Load(), Rejected: s.rejected.Load(),
-		Flushes: s.flushes.Load(), PublishFailed: s.publishFailed.Load(),
-		StoreFailed: s.storeFailed.Load(),
+		Received: c.received.Load(), Skipped: c.skipped.Load(), Applied: c.applied.Load(),
+		Late: c.late.Load(), Future: c.future.Load(), Rejected: c.rejected.Load(),
+		Foreign: c.foreign.Load(), Overflowed: c.overflowed.Load(), Groups: s.table.len(),
+		Flushes: c.flushes.Load(), Finals: c.finals.Load(),
+		PublishFailed: c.publishFailed.Load(), StoreFailed: c.storeFailed.Load(),
+		Checkpoints: c.checkpoints.Load(), CheckpointFailed: c.checkpointFailed.Load(),
+		CheckpointSeq: c.checkpointSeq.Load(),
 	}
 }
 
-// Snapshots returns copies of the latest snapshots, sorted by service and
-// op. An empty filter returns all; a filter without a dot matches one
-// service; a filter with a dot matches the snapshots whose "service.op"
-// starts with it. It is safe for concurrent use.
+// Snapshots returns copies of the latest partial snapshots, sorted by
+// service and op. An empty filter returns all; a filter without a dot
+// matches one service; a filter with a dot matches the snapshots whose
+// "service.op" starts with it. It is safe for concurrent use.
 func (s *Service) Snapshots(filter string) []events.Snapshot {
 	s.mu.RLock()
 	defer s.mu.RUnlock()
@@ -149,7 +237,8 @@ func matches(filter, service, op string) bool {
 	return strings.HasPrefix(service+"."+op, filter)
 }
 
-// clone copies snap so that the caller cannot change the figures held.
+// clone copies snap so that the caller cannot change the figures held;
+// the latency pointers are shared, as nothing writes through them.
 func clone(snap events.Snapshot) events.Snapshot {
 	if snap.Cache != nil {
 		c := *snap.Cache
@@ -159,6 +248,7 @@ func clone(snap events.Snapshot) events.Snapshot {
 		r := *snap.Resource
 		snap.Resource = &r
 	}
+	snap.Rollups = append([]events.Figures(nil), snap.Rollups...)
 	return snap
 }
 
@@ -167,220 +257,6 @@ func (s *Service) storeName() string {
 		return "none"
 	}
 	return s.store.Name()
-}
-
-// consume pulls telemetry until ctx is cancelled, then drains the buffer.
-func (s *Service) consume(ctx context.Context) error {
-	cons, err := s.conn.Consumer(ctx, events.StreamTelemetry, jetstream.ConsumerConfig{
-		Durable:        s.cfg.Durable,
-		FilterSubjects: []string{events.TimingAll, events.ResourceAll},
-		MaxAckPending:  s.cfg.MaxAckPending,
-	})
-	if err != nil {
-		if ctx.Err() != nil {
-			return nil
-		}
-		return err
-	}
-	it, err := cons.Messages(jetstream.PullMaxMessages(min(pullBatch, s.cfg.MaxAckPending)))
-	if err != nil {
-		return fmt.Errorf("consume %s: %w", s.cfg.Durable, err)
-	}
-	stop := context.AfterFunc(ctx, it.Drain)
-	defer stop()
-
-	for {
-		msg, err := it.Next()
-		if err != nil {
-			if ctx.Err() != nil && errors.Is(err, jetstream.ErrMsgIteratorClosed) {
-				return nil
-			}
-			it.Stop()
-			return fmt.Errorf("consume %s: %w", s.cfg.Durable, err)
-		}
-		s.handle(msg)
-	}
-}
-
-// handle applies one message and acknowledges it, whatever its fate:
-// telemetry that cannot be used is counted, not redelivered.
-func (s *Service) handle(msg jetstream.Msg) {
-	defer func() {
-		if r := recover(); r != nil {
-			s.log.Error("telemetry handler panicked", "subject", msg.Subject(), "panic", r)
-			_ = msg.Nak()
-		}
-	}()
-
-	s.received.Add(1)
-	out, err := s.apply(msg, time.Now())
-	switch {
-	case err != nil:
-		s.reject(msg.Subject(), err)
-	case out == dropped:
-		s.dropped.Add(1)
-	default:
-		s.applied.Add(1)
-	}
-	if err := msg.Ack(); err != nil {
-		s.log.Debug("ack telemetry", "subject", msg.Subject(), "err", err)
-	}
-}
-
-// apply decodes msg by its subject and records it.
-func (s *Service) apply(msg jetstream.Msg, now time.Time) (outcome, error) {
-	subject := msg.Subject()
-	switch {
-	case strings.HasPrefix(subject, events.TimingPrefix):
-		var ev events.Timing
-		if err := events.Unmarshal(msg.Data(), &ev); err != nil {
-			return 0, err
-		}
-		if err := validTiming(&ev); err != nil {
-			return 0, err
-		}
-		ev.Time = eventTime(ev.Time, msg, now)
-		return s.groups.recordTiming(&ev, now), nil
-
-	case strings.HasPrefix(subject, events.ResourcePrefix):
-		var ev events.Resource
-		if err := events.Unmarshal(msg.Data(), &ev); err != nil {
-			return 0, err
-		}
-		if err := validResource(&ev); err != nil {
-			return 0, err
-		}
-		ev.Time = eventTime(ev.Time, msg, now)
-		return s.groups.recordResource(&ev, now), nil
-	}
-	return 0, fmt.Errorf("%w: subject %s is not telemetry", events.ErrInvalid, subject)
-}
-
-// eventTime is t, or when the producer left it out, the time the stream
-// stored the message.
-func eventTime(t time.Time, msg jetstream.Msg, now time.Time) time.Time {
-	if !t.IsZero() {
-		return t
-	}
-	if md, err := msg.Metadata(); err == nil {
-		return md.Timestamp
-	}
-	return now
-}
-
-func validTiming(ev *events.Timing) error {
-	switch {
-	case ev.Service == "" || ev.Op == "":
-		return fmt.Errorf("%w: timing without service or op", events.ErrInvalid)
-	case ev.Duration < 0:
-		return fmt.Errorf("%w: timing %s.%s has negative duration %s",
-			events.ErrInvalid, ev.Service, ev.Op, ev.Duration)
-	}
-	return nil
-}
-
-func validResource(ev *events.Resource) error {
-	if ev.Host == "" || ev.Service == "" {
-		return fmt.Errorf("%w: resource reading without host or service", events.ErrInvalid)
-	}
-	for _, v := range []float64{ev.CPUPercent, ev.HostCPUPercent, ev.HostMemUsedPerc} {
-		if v < 0 || math.IsNaN(v) || math.IsInf(v, 0) {
-			return fmt.Errorf("%w: resource reading %s.%s has percentage %v",
-				events.ErrInvalid, ev.Host, ev.Service, v)
-		}
-	}
-	return nil
-}
-
-// reject counts a message that cannot be used: Debug each time, Warn now
-// and then with the total.
-func (s *Service) reject(subject string, err error) {
-	n := s.rejected.Add(1)
-	s.log.Debug("telemetry rejected", "subject", subject, "err", err)
-	if s.warnReject.allow() {
-		s.log.Warn("rejecting bad telemetry, check its producers",
-			"subject", subject, "rejected_total", n, "err", err)
-	}
-}
-
-// flushLoop flushes on every wall-clock multiple of the publish interval.
-func (s *Service) flushLoop(ctx context.Context) error {
-	for {
-		next := time.Now().Truncate(s.cfg.PublishInterval).Add(s.cfg.PublishInterval)
-		timer := time.NewTimer(time.Until(next))
-		select {
-		case <-ctx.Done():
-			timer.Stop()
-			return nil
-		case <-timer.C:
-		}
-		s.flush(ctx, next)
-	}
-}
-
-// flush publishes the snapshot of every group for the window ending at
-// the tick at, then writes them all to the store in one batch.
-func (s *Service) flush(ctx context.Context, at time.Time) {
-	start := time.Now()
-	snaps := s.groups.snapshots(at, start.Add(-s.cfg.IdleExpiry))
-	entries := s.publish(snaps)
-	err := s.write(ctx, entries)
-	s.setLatest(snaps)
-	s.flushes.Add(1)
-
-	d := s.rec.Since("flush", start, err)
-	if d > s.cfg.PublishInterval && s.warnSlow.allow() {
-		s.log.Warn("flush took longer than the publish interval, widen it or cut groups",
-			"took", d, "interval", s.cfg.PublishInterval, "groups", len(snaps))
-	}
-}
-
-// publish sends each snapshot on core NATS and returns the store entries
-// holding the same bytes.
-func (s *Service) publish(snaps []events.Snapshot) []cache.Entry {
-	entries := make([]cache.Entry, 0, len(snaps))
-	for i := range snaps {
-		snap := &snaps[i]
-		msg, err := bus.Message(events.SnapshotSubject(snap.Service, snap.Op), snap, "")
-		if err == nil {
-			err = s.conn.NC.PublishMsg(msg)
-		}
-		if err != nil {
-			n := s.publishFailed.Add(1)
-			if s.warnPublish.allow() {
-				s.log.Warn("snapshot not published, nats may be reconnecting",
-					"op", snap.Op, "failed_total", n, "err", err)
-			}
-			continue
-		}
-		entries = append(entries, cache.Entry{
-			Key:   cache.SnapshotKey(snap.Service, snap.Op),
-			Value: msg.Data,
-			TTL:   s.cfg.SnapshotTTL,
-		})
-	}
-	return entries
-}
-
-// write stores entries with one SetMany.
-func (s *Service) write(ctx context.Context, entries []cache.Entry) error {
-	if s.store == nil || len(entries) == 0 {
-		return nil
-	}
-	ctx, cancel := context.WithTimeout(ctx, s.cfg.StoreTimeout)
-	defer cancel()
-	if err := s.store.SetMany(ctx, entries); err != nil {
-		if errors.Is(ctx.Err(), context.Canceled) {
-			return nil // shutting down; the final flush writes again
-		}
-		n := s.storeFailed.Add(1)
-		if s.warnStore.allow() {
-			s.log.Warn("snapshots not stored, publishing on nats only until the store is back",
-				"store", s.store.Name(), "failed_total", n, "err", err)
-		}
-		return fmt.Errorf("store snapshots: %w", err)
-	}
-	return nil
 }
 
 func (s *Service) setLatest(snaps []events.Snapshot) {
