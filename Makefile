@@ -27,8 +27,9 @@ test: vet
 e2e: build
 	$(GO) test -count=1 -run TestEndToEnd -v ./test/e2e/
 
-bench:
-	$(GO) test -run '^$$' -bench . -benchmem $(PKGS)
+bench: build
+	./$(BIN) bench
+	$(GO) test -run '^$$' -bench BenchmarkRecord -benchmem ./pkg/timing/ ./services/aggregator/
 
 fmt:
 	gofmt -w cmd internal pkg services test
