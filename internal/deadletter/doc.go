@@ -1,0 +1,12 @@
+// Package deadletter reads and replays the dead-letter stream
+// (PERFPIPE_DEAD), where services keep the messages they gave up on.
+//
+// List reads the stream with an ordered consumer, which leaves no durable
+// state on the server, and returns the entries that match a Filter, oldest
+// first. Replay publishes the work requests held by such entries back to
+// their submit subject, once per dead letter within the de-duplication
+// window, and can delete the replayed entries from the stream.
+//
+// The perfpipe CLI wraps both as `perfpipe dead list` and
+// `perfpipe dead replay`.
+package deadletter
