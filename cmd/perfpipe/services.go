@@ -133,14 +133,35 @@ func (w *wiring) bindHTTP(fs *flag.FlagSet, def string) {
 }
 
 // openStore connects the cache: Redis when a URL is set, else a KV bucket.
+// Redis sits behind a breaker, so that while it is down each cache call
+// fails at once instead of after its timeout, and it comes back by itself.
+// The KV bucket lives on the NATS connection the services need anyway:
+// without it nothing runs, so a breaker there would save no time.
 func (w *wiring) openStore(ctx context.Context, conn *bus.Conn, log *slog.Logger) (cache.Store, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
-	if w.redisURL != "" {
-		cache.LogTo(log)
-		return cache.NewRedis(ctx, w.redisURL)
+	if w.redisURL == "" {
+		return cache.NewKV(ctx, conn.JS, cache.DefaultBucket)
 	}
-	return cache.NewKV(ctx, conn.JS, cache.DefaultBucket)
+
+	cache.LogTo(log)
+	rd, err := cache.NewRedis(ctx, w.redisURL)
+	if err != nil {
+		return nil, err
+	}
+	return cache.NewBreaker(rd, cache.BreakerOptions{
+		OnStateChange: func(from, to cache.BreakerState, err error) {
+			switch {
+			case from == cache.BreakerClosed:
+				log.Warn("redis cache unavailable, running uncached until it answers; "+
+					"check the redis server", "err", err)
+			case to == cache.BreakerClosed:
+				log.Info("redis cache available again")
+			default:
+				log.Debug("redis cache probe", "state", to.String(), "err", err)
+			}
+		},
+	}), nil
 }
 
 // component is one service ready to run.

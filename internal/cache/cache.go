@@ -1,7 +1,9 @@
 // Package cache stores short-lived values under string keys with a TTL:
 // agents' results and the aggregator's latest snapshots. Two stores share
 // one small interface: Redis, when a Redis URL is configured, and a
-// JetStream key-value bucket otherwise.
+// JetStream key-value bucket otherwise. A [Breaker] wraps a store so that
+// while it is unavailable calls fail at once with [ErrUnavailable], and
+// it is probed until it answers again.
 //
 // Keys are written as colon-separated words ("perfpipe:result:csv:ab12");
 // each store maps them onto its own key syntax.
@@ -17,8 +19,15 @@ import (
 // KeyPrefix starts every key perfpipe writes.
 const KeyPrefix = "perfpipe:"
 
-// ErrClosed is returned by a store used after Close.
-var ErrClosed = errors.New("cache: closed")
+var (
+	// ErrClosed is returned by a store used after Close.
+	ErrClosed = errors.New("cache: closed")
+
+	// ErrUnavailable is returned at once by a [Breaker] that is open: the
+	// store behind it failed recently and is not asked again until its
+	// cool-down passes. Callers treat it as a miss.
+	ErrUnavailable = errors.New("cache: unavailable")
+)
 
 // Entry is one key and value with its time to live.
 type Entry struct {
@@ -35,6 +44,11 @@ type Store interface {
 	Set(ctx context.Context, key string, value []byte, ttl time.Duration) error
 	// SetMany stores entries in one round trip where the store allows.
 	SetMany(ctx context.Context, entries []Entry) error
+	// DeleteMatching deletes every key matching the glob pattern ('*' any
+	// run of characters, '?' one, '[...]' a class, a backslash escapes) and
+	// returns how many it deleted. Keys are walked in batches, never all
+	// at once; keys written meanwhile may or may not be deleted.
+	DeleteMatching(ctx context.Context, pattern string) (int, error)
 	// Ping checks that the store answers, for health output.
 	Ping(ctx context.Context) error
 	// Name says which store this is, for logs and health output.

@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -18,12 +19,21 @@ func stores(t *testing.T) map[string]cache.Store {
 	if err != nil {
 		t.Fatalf("NewKV: %v", err)
 	}
-	rd, err := cache.NewRedis(ctx, testenv.Redis(t))
+	url := testenv.Redis(t)
+	rd, err := cache.NewRedis(ctx, url)
 	if err != nil {
 		t.Fatalf("NewRedis: %v", err)
 	}
 	t.Cleanup(func() { rd.Close() })
-	return map[string]cache.Store{"kv": kv, "redis": rd}
+
+	// The breaker gets a database of its own so the stores' keys differ.
+	rd1, err := cache.NewRedis(ctx, strings.TrimSuffix(url, "/0")+"/1")
+	if err != nil {
+		t.Fatalf("NewRedis: %v", err)
+	}
+	br := cache.NewBreaker(rd1, cache.BreakerOptions{})
+	t.Cleanup(func() { br.Close() })
+	return map[string]cache.Store{"kv": kv, "redis": rd, "breaker": br}
 }
 
 func TestStores(t *testing.T) {

@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"fmt"
+	"path"
 	"strings"
 	"time"
 
@@ -22,6 +23,8 @@ const kvMaxAge = 24 * time.Hour
 type KV struct {
 	kv jetstream.KeyValue
 }
+
+var _ Store = (*KV)(nil)
 
 // NewKV opens bucket, creating it when missing.
 func NewKV(ctx context.Context, js jetstream.JetStream, bucket string) (*KV, error) {
@@ -98,6 +101,63 @@ func (s *KV) SetMany(ctx context.Context, entries []Entry) error {
 		}
 	}
 	return nil
+}
+
+// DeleteMatching implements Store: it lists the bucket's keys as a
+// stream and deletes those matching pattern, mapped through [KVKey] with
+// its wildcards kept, by [path.Match].
+//
+// NOTE: as in path.Match, '*' does not match '/'; perfpipe's own keys
+// have no '/'.
+func (s *KV) DeleteMatching(ctx context.Context, pattern string) (int, error) {
+	glob := kvGlob(pattern)
+	if _, err := path.Match(glob, ""); err != nil || pattern == "" {
+		return 0, fmt.Errorf("kv delete matching %q: bad pattern", pattern)
+	}
+
+	// The lister's goroutine blocks on a full channel: on an early return
+	// cancel it and drain what it still sends.
+	ctx, cancel := context.WithCancel(ctx)
+	lister, err := s.kv.ListKeys(ctx)
+	if err != nil {
+		cancel()
+		return 0, fmt.Errorf("kv list keys: %w", err)
+	}
+	defer func() {
+		cancel()
+		for range lister.Keys() {
+		}
+	}()
+
+	// A key may be listed twice while the bucket is written to.
+	deleted := map[string]struct{}{}
+	for key := range lister.Keys() {
+		if _, seen := deleted[key]; seen {
+			continue
+		}
+		if ok, _ := path.Match(glob, key); !ok {
+			continue
+		}
+		if err := s.kv.Delete(ctx, key); err != nil {
+			return len(deleted), fmt.Errorf("kv delete %s: %w", key, err)
+		}
+		deleted[key] = struct{}{}
+	}
+	return len(deleted), ctx.Err()
+}
+
+// kvGlob maps a glob over cache keys onto one over bucket keys: the
+// wildcard and escape characters stay, the rest goes through KVKey.
+func kvGlob(pattern string) string {
+	var b strings.Builder
+	for _, r := range pattern {
+		if strings.ContainsRune(`*?[]^\`, r) {
+			b.WriteRune(r)
+			continue
+		}
+		b.WriteString(KVKey(string(r)))
+	}
+	return b.String()
 }
 
 // Ping implements Store by reading the bucket's status.

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync/atomic"
 	"time"
 
 	"github.com/redis/go-redis/v9"
@@ -15,6 +16,8 @@ import (
 type Redis struct {
 	client redis.UniversalClient
 }
+
+var _ Store = (*Redis)(nil)
 
 // NewRedis connects to the server at url (redis://[:password@]host:port/db)
 // and checks it answers.
@@ -69,6 +72,89 @@ func (r *Redis) SetMany(ctx context.Context, entries []Entry) error {
 		return fmt.Errorf("redis pipeline of %d sets: %w", len(entries), err)
 	}
 	return nil
+}
+
+// scanBatch is the COUNT hint of each SCAN of DeleteMatching, and so
+// about how many keys each UNLINK removes.
+const scanBatch = 500
+
+// DeleteMatching implements Store: it walks the keyspace with SCAN MATCH
+// pattern and removes each batch found with UNLINK, which frees values
+// in the background. On a Cluster client it walks every master.
+func (r *Redis) DeleteMatching(ctx context.Context, pattern string) (int, error) {
+	if pattern == "" {
+		return 0, fmt.Errorf("redis delete matching: empty pattern")
+	}
+	cluster, ok := r.client.(*redis.ClusterClient)
+	if !ok {
+		return scanUnlink(ctx, r.client, pattern)
+	}
+
+	var total atomic.Int64
+	err := cluster.ForEachMaster(ctx, func(ctx context.Context, node *redis.Client) error {
+		n, err := scanUnlink(ctx, node, pattern)
+		total.Add(int64(n))
+		return err
+	})
+	return int(total.Load()), err
+}
+
+// scanUnlink deletes the keys of one server that match pattern, a batch
+// at a time. Keys are unlinked one per command in a pipeline, so that a
+// batch never spans hash slots.
+func scanUnlink(ctx context.Context, c redis.Cmdable, pattern string) (int, error) {
+	var (
+		cursor  uint64
+		deleted int
+	)
+	for {
+		keys, next, err := c.Scan(ctx, cursor, pattern, scanBatch).Result()
+		if err != nil {
+			return deleted, fmt.Errorf("redis scan %s: %w", pattern, err)
+		}
+
+		n, err := unlink(ctx, c, keys)
+		deleted += n
+		if err != nil {
+			return deleted, fmt.Errorf("redis unlink %s: %w", pattern, err)
+		}
+
+		if cursor = next; cursor == 0 {
+			return deleted, nil
+		}
+	}
+}
+
+// unlink removes keys in one round trip and returns how many existed.
+func unlink(ctx context.Context, c redis.Cmdable, keys []string) (int, error) {
+	if len(keys) == 0 {
+		return 0, nil
+	}
+	cmds, err := c.Pipelined(ctx, func(p redis.Pipeliner) error {
+		for _, k := range keys {
+			p.Unlink(ctx, k)
+		}
+		return nil
+	})
+	n := 0
+	for _, cmd := range cmds {
+		if ic, ok := cmd.(*redis.IntCmd); ok {
+			n += int(ic.Val())
+		}
+	}
+	return n, err
+}
+
+// isOutage says whether err means the server could not be used, rather
+// than an error reply to one command; the Breaker counts only outages.
+func (r *Redis) isOutage(err error) bool {
+	var reply redis.Error
+	if !errors.As(err, &reply) {
+		return true
+	}
+	return redis.IsLoadingError(err) || redis.IsClusterDownError(err) ||
+		redis.IsTryAgainError(err) || redis.IsMasterDownError(err) ||
+		redis.IsMaxClientsError(err)
 }
 
 // Ping implements Store.

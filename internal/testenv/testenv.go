@@ -89,30 +89,68 @@ func RequireRedis(t testing.TB) string {
 // and returns its URL.
 func Redis(t testing.TB) string {
 	t.Helper()
-	bin := RequireRedis(t)
-	port := FreePort(t)
-	dir := t.TempDir()
+	return StartRedis(t).URL
+}
 
-	cmd := exec.Command(bin,
-		"--port", strconv.Itoa(port), "--bind", "127.0.0.1",
-		"--save", "", "--appendonly", "no", "--dir", dir,
-		"--logfile", filepath.Join(dir, "redis.log"))
-	if err := cmd.Start(); err != nil {
-		t.Fatalf("start redis-server: %v", err)
+// RedisProcess is a redis-server that a test can stop and start again on
+// the same port, to show what clients do while their server is away. It
+// keeps no data across a restart. Start and Stop belong to the test's
+// goroutine.
+type RedisProcess struct {
+	// URL is redis://127.0.0.1:<port>/0, the same across restarts.
+	URL string
+
+	t    testing.TB
+	bin  string
+	port int
+	dir  string
+	cmd  *exec.Cmd
+}
+
+// StartRedis starts a redis-server on a free loopback port with no
+// persistence, waits until it answers, and stops it at cleanup.
+func StartRedis(t testing.TB) *RedisProcess {
+	t.Helper()
+	p := &RedisProcess{t: t, bin: RequireRedis(t), port: FreePort(t), dir: t.TempDir()}
+	p.URL = fmt.Sprintf("redis://127.0.0.1:%d/0", p.port)
+	t.Cleanup(p.Stop)
+	p.Start()
+	return p
+}
+
+// Start starts the server again after Stop; it does nothing while the
+// server runs.
+func (p *RedisProcess) Start() {
+	p.t.Helper()
+	if p.cmd != nil {
+		return
 	}
-	t.Cleanup(func() {
-		_ = cmd.Process.Kill()
-		_ = cmd.Wait()
-	})
+	cmd := exec.Command(p.bin,
+		"--port", strconv.Itoa(p.port), "--bind", "127.0.0.1",
+		"--save", "", "--appendonly", "no", "--dir", p.dir,
+		"--logfile", filepath.Join(p.dir, "redis.log"))
+	if err := cmd.Start(); err != nil {
+		p.t.Fatalf("start redis-server: %v", err)
+	}
+	p.cmd = cmd
 
-	url := fmt.Sprintf("redis://127.0.0.1:%d/0", port)
-	opts, _ := redis.ParseURL(url)
+	opts, _ := redis.ParseURL(p.URL)
 	client := redis.NewClient(opts)
 	defer client.Close()
-	WaitFor(t, 10*time.Second, "redis-server to answer", func() bool {
+	WaitFor(p.t, 10*time.Second, "redis-server to answer", func() bool {
 		return client.Ping(context.Background()).Err() == nil
 	})
-	return url
+}
+
+// Stop kills the server (SIGKILL, as a crash would) and waits for it to
+// exit; it does nothing when the server is stopped.
+func (p *RedisProcess) Stop() {
+	if p.cmd == nil {
+		return
+	}
+	_ = p.cmd.Process.Kill()
+	_ = p.cmd.Wait()
+	p.cmd = nil
 }
 
 // FreePort returns a TCP port on 127.0.0.1 that was free a moment ago.

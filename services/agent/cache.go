@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha256"
 	"encoding/hex"
+	"errors"
 	"time"
 
 	"github.com/perfpipe/perfpipe/internal/cache"
@@ -96,7 +97,7 @@ func (s *Service) lookupOrRun(
 	return r
 }
 
-// cacheGet reads key; a failing cache counts as a miss.
+// cacheGet reads key; a failing or unavailable cache counts as a miss.
 func (s *Service) cacheGet(ctx context.Context, key string) (events.Payload, bool) {
 	ctx, cancel := context.WithTimeout(ctx, s.cfg.CacheTimeout)
 	defer cancel()
@@ -117,8 +118,13 @@ func (s *Service) cacheSet(ctx context.Context, key string, v events.Payload, tt
 	}
 }
 
-// cacheFailed counts a cache error and warns at most every 30 s.
+// cacheFailed counts a cache error and warns at most every 30 s. A cache
+// that a breaker holds off (cache.ErrUnavailable) is neither: the breaker
+// has seen the errors already and its owner reports its state.
 func (s *Service) cacheFailed(err error) {
+	if errors.Is(err, cache.ErrUnavailable) {
+		return
+	}
 	n := s.cacheErrors.Add(1)
 	s.cacheWarn.Do(func() {
 		s.log.Warn("result cache failing, running uncached; check the cache server",
