@@ -188,10 +188,10 @@ func (s *Service) admit(it *item, now time.Time) admission {
 		return admitDuplicate
 	}
 	s.q.promote(now)
-	if it.due.After(now) || s.q.readyLen() > 0 || !s.hasCredit(now) {
+	if it.due.After(now) || s.q.readyLen() > 0 || !s.allows(it, now) {
 		return admitStore
 	}
-	s.reserve(it.req.ID, now)
+	s.reserve(it, now)
 	return admitRelease
 }
 

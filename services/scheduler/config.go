@@ -3,16 +3,19 @@ package scheduler
 import (
 	"fmt"
 	"time"
+
+	"github.com/perfpipe/perfpipe/pkg/events"
 )
 
 // Defaults of Config's fields.
 const (
-	DefaultDurable         = "scheduler"
-	DefaultPendingBucket   = "perfpipe_scheduler_pending"
-	DefaultMaxAckPending   = 4096
-	DefaultMaxInFlight     = 256
-	DefaultInFlightTimeout = 2 * time.Minute
-	DefaultAgingInterval   = 10 * time.Second
+	DefaultDurable          = "scheduler"
+	DefaultPendingBucket    = "perfpipe_scheduler_pending"
+	DefaultMaxAckPending    = 4096
+	DefaultMaxInFlight      = 256
+	DefaultInFlightTimeout  = 2 * time.Minute
+	DefaultAgingInterval    = 10 * time.Second
+	DefaultReservedPriority = 7
 )
 
 // Config configures a Service. The zero value is ready to use: every field
@@ -46,6 +49,19 @@ type Config struct {
 	// AgingInterval is the wait that raises a due item's priority by one.
 	// Zero means 10 s; a negative value turns aging off.
 	AgingInterval time.Duration
+
+	// ReservedInFlight is the part of MaxInFlight, in items, that only
+	// items of priority ReservedPriority or higher may use: other items
+	// hold at most MaxInFlight-ReservedInFlight credits, so a high-priority
+	// item starts at once while fewer than ReservedInFlight high-priority
+	// items are in flight, however many low-priority ones are. It must be
+	// less than MaxInFlight and needs a limit. Zero means none reserved.
+	ReservedInFlight int
+
+	// ReservedPriority is the lowest priority, 1 to 9, that may use the
+	// reserved credit. It is the request's own priority: aging reorders
+	// waiting items but does not open the reserve to them. Zero means 7.
+	ReservedPriority int
 }
 
 // withDefaults returns c with every zero field set to its default.
@@ -68,6 +84,9 @@ func (c Config) withDefaults() Config {
 	if c.AgingInterval == 0 {
 		c.AgingInterval = DefaultAgingInterval
 	}
+	if c.ReservedPriority == 0 {
+		c.ReservedPriority = DefaultReservedPriority
+	}
 	return c
 }
 
@@ -87,6 +106,28 @@ func (c Config) Validate() error {
 	case c.InFlightTimeout < 0:
 		return fmt.Errorf("scheduler config: in-flight timeout %s is negative",
 			c.InFlightTimeout)
+	case c.ReservedPriority < 1 || c.ReservedPriority > events.MaxPriority:
+		return fmt.Errorf("scheduler config: reserved priority %d: want 1 to %d",
+			c.ReservedPriority, events.MaxPriority)
+	}
+	return c.validateReserve()
+}
+
+// validateReserve checks ReservedInFlight against MaxInFlight, on c with
+// defaults applied.
+func (c Config) validateReserve() error {
+	switch {
+	case c.ReservedInFlight == 0:
+		return nil
+	case c.ReservedInFlight < 0:
+		return fmt.Errorf("scheduler config: reserved in-flight %d is negative",
+			c.ReservedInFlight)
+	case c.MaxInFlight < 0:
+		return fmt.Errorf("scheduler config: reserved in-flight %d needs a max in-flight limit",
+			c.ReservedInFlight)
+	case c.ReservedInFlight >= c.MaxInFlight:
+		return fmt.Errorf("scheduler config: reserved in-flight %d: want less than "+
+			"max in-flight %d", c.ReservedInFlight, c.MaxInFlight)
 	}
 	return nil
 }

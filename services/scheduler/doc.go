@@ -10,6 +10,9 @@
 // the highest priority goes first, first come first within a priority, and
 // every Config.AgingInterval waited raises an item's priority by one so
 // that no class starves.
+// Config.ReservedInFlight of the credit is kept for items whose own
+// priority is Config.ReservedPriority or more, so that they start at once
+// even when low-priority items hold all the rest.
 //
 // An accepted item that cannot be released at once is written to a
 // JetStream key-value bucket before its WORK message is acknowledged, and

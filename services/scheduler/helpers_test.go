@@ -38,7 +38,7 @@ type runFunc func(ctx context.Context) error
 func (f runFunc) Run(ctx context.Context) error { return f(ctx) }
 
 // start runs a Service against url; cleanup stops it.
-func start(t *testing.T, url string, cfg Config) *running {
+func start(t testing.TB, url string, cfg Config) *running {
 	t.Helper()
 	conn := testenv.Conn(t, url)
 	svc, err := New(conn, cfg, testenv.Logger(t))
@@ -58,7 +58,7 @@ func start(t *testing.T, url string, cfg Config) *running {
 
 // kill stops the service abruptly: its connection closes and its context
 // ends at once, without draining. Whatever Run returns is accepted.
-func (r *running) kill(t *testing.T) {
+func (r *running) kill(t testing.TB) {
 	t.Helper()
 	r.killed.Store(true)
 	r.conn.NC.Close()
@@ -69,12 +69,12 @@ func (r *running) kill(t *testing.T) {
 
 // submitJSON publishes body as typed on a shell to work.submit.<kind> and
 // returns its stream sequence.
-func submitJSON(t *testing.T, c *bus.Conn, body string) uint64 {
+func submitJSON(t testing.TB, c *bus.Conn, body string) uint64 {
 	t.Helper()
 	return publishRaw(t, c, events.SubmitSubject(testKind), []byte(body))
 }
 
-func publishRaw(t *testing.T, c *bus.Conn, subject string, data []byte) uint64 {
+func publishRaw(t testing.TB, c *bus.Conn, subject string, data []byte) uint64 {
 	t.Helper()
 	ack, err := c.JS.Publish(context.Background(), subject, data)
 	if err != nil {
@@ -85,7 +85,7 @@ func publishRaw(t *testing.T, c *bus.Conn, subject string, data []byte) uint64 {
 
 // submit publishes req as msgpack with perfpipe's headers and returns its
 // stream sequence.
-func submit(t *testing.T, c *bus.Conn, req *events.WorkRequest) uint64 {
+func submit(t testing.TB, c *bus.Conn, req *events.WorkRequest) uint64 {
 	t.Helper()
 	msg, err := bus.Message(events.SubmitSubject(testKind), req, req.ID)
 	if err != nil {
@@ -99,7 +99,7 @@ func submit(t *testing.T, c *bus.Conn, req *events.WorkRequest) uint64 {
 }
 
 // finish publishes an ok result for id, as an agent would.
-func finish(t *testing.T, c *bus.Conn, id string) {
+func finish(t testing.TB, c *bus.Conn, id string) {
 	t.Helper()
 	res := &events.Result{
 		ID: id, Kind: testKind, Status: events.StatusOK, Finished: time.Now(),
@@ -124,7 +124,7 @@ type tail struct {
 	msgs []seen
 }
 
-func follow(t *testing.T, c *bus.Conn, stream, subject string) *tail {
+func follow(t testing.TB, c *bus.Conn, stream, subject string) *tail {
 	t.Helper()
 	ctx := context.Background()
 	cons, err := c.JS.OrderedConsumer(ctx, stream, jetstream.OrderedConsumerConfig{
@@ -155,16 +155,22 @@ func (tl *tail) all() []seen {
 }
 
 // wait returns the first n messages once they have arrived.
-func (tl *tail) wait(t *testing.T, n int) []seen {
+func (tl *tail) wait(t testing.TB, n int) []seen {
 	t.Helper()
-	testenv.WaitFor(t, waitTimeout, "messages on the stream", func() bool {
+	return tl.waitFor(t, n, waitTimeout)
+}
+
+// waitFor is wait with its own timeout.
+func (tl *tail) waitFor(t testing.TB, n int, timeout time.Duration) []seen {
+	t.Helper()
+	testenv.WaitFor(t, timeout, "messages on the stream", func() bool {
 		return len(tl.all()) >= n
 	})
 	return tl.all()[:n]
 }
 
 // requests decodes released work requests.
-func requests(t *testing.T, msgs []seen) []events.WorkRequest {
+func requests(t testing.TB, msgs []seen) []events.WorkRequest {
 	t.Helper()
 	out := make([]events.WorkRequest, len(msgs))
 	for i, m := range msgs {
@@ -184,13 +190,13 @@ func ids(reqs []events.WorkRequest) []string {
 }
 
 // waitStats waits until cond holds for the service's stats.
-func waitStats(t *testing.T, svc *Service, what string, cond func(Stats) bool) {
+func waitStats(t testing.TB, svc *Service, what string, cond func(Stats) bool) {
 	t.Helper()
 	testenv.WaitFor(t, waitTimeout, what, func() bool { return cond(svc.Stats()) })
 }
 
 // bucketKeys lists the keys in the pending bucket.
-func bucketKeys(t *testing.T, c *bus.Conn) []string {
+func bucketKeys(t testing.TB, c *bus.Conn) []string {
 	t.Helper()
 	ctx := context.Background()
 	kv, err := c.JS.KeyValue(ctx, DefaultPendingBucket)

@@ -123,10 +123,13 @@ func (q *queue) promote(now time.Time) {
 // pop removes and returns the due item with the highest effective
 // priority at now, or nil when none is due. Between equal effective
 // priorities the item that has waited longer wins.
-func (q *queue) pop(now time.Time) *item {
+func (q *queue) pop(now time.Time) *item { return q.popFrom(now, 0) }
+
+// popFrom is pop among the items whose own priority is minClass or more.
+func (q *queue) popFrom(now time.Time, minClass int) *item {
 	q.promote(now)
 	best, bestPrio := -1, 0
-	for p := range q.classes {
+	for p := max(minClass, 0); p < len(q.classes); p++ {
 		head := q.classes[p].peek()
 		if head == nil {
 			continue

@@ -207,6 +207,43 @@ func TestQueueRequeueKeepsPlace(t *testing.T) {
 	}
 }
 
+func TestQueuePopFrom(t *testing.T) {
+	const s = time.Second
+	entries := []entry{
+		{id: "old-p0", priority: 0}, {id: "p6", priority: 6, accepted: 1 * s},
+		{id: "p7", priority: 7, accepted: 2 * s}, {id: "p9", priority: 9, accepted: 3 * s},
+	}
+	tests := []struct {
+		name     string
+		aging    time.Duration
+		minClass int
+		want     string
+	}{
+		{name: "all classes", aging: -1, minClass: 0, want: "p9"},
+		{name: "aging lifts old-p0 over all", aging: 100 * time.Millisecond, minClass: 0,
+			want: "old-p0"},
+		// old-p0 is at 100 by aging but the reserve goes by own priority.
+		{name: "reserve ignores aging", aging: 100 * time.Millisecond, minClass: 7,
+			want: "p7"},
+		{name: "none from 10", aging: -1, minClass: 10},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			q := newQueue(tt.aging)
+			for _, e := range entries {
+				q.add(e.item(), epoch.Add(e.accepted))
+			}
+			var got string
+			if it := q.popFrom(epoch.Add(10*s), tt.minClass); it != nil {
+				got = it.req.ID
+			}
+			if got != tt.want {
+				t.Errorf("popFrom(%d) = %q, want %q", tt.minClass, got, tt.want)
+			}
+		})
+	}
+}
+
 func TestPendingKey(t *testing.T) {
 	tests := []struct {
 		id, want string
@@ -237,6 +274,17 @@ func TestConfig(t *testing.T) {
 		{name: "bucket with a space", cfg: Config{PendingBucket: "a b"}, wantErr: true},
 		{name: "negative ack pending", cfg: Config{MaxAckPending: -1}, wantErr: true},
 		{name: "negative timeout", cfg: Config{InFlightTimeout: -time.Second}, wantErr: true},
+		{name: "reserve under the limit",
+			cfg: Config{MaxInFlight: 4, ReservedInFlight: 3, ReservedPriority: 9}},
+		{name: "reserve of the default limit", cfg: Config{ReservedInFlight: 16}},
+		{name: "negative reserve", cfg: Config{ReservedInFlight: -1}, wantErr: true},
+		{name: "reserve equals the limit", cfg: Config{MaxInFlight: 4, ReservedInFlight: 4},
+			wantErr: true},
+		{name: "reserve without a limit", cfg: Config{MaxInFlight: -1, ReservedInFlight: 1},
+			wantErr: true},
+		{name: "reserved priority 10", cfg: Config{ReservedPriority: 10}, wantErr: true},
+		{name: "negative reserved priority", cfg: Config{ReservedPriority: -1},
+			wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -252,6 +300,7 @@ func TestConfig(t *testing.T) {
 		Durable: "scheduler", PendingBucket: "perfpipe_scheduler_pending",
 		MaxAckPending: 4096, MaxInFlight: 256,
 		InFlightTimeout: 2 * time.Minute, AgingInterval: 10 * time.Second,
+		ReservedPriority: 7,
 	}
 	if diff := cmp.Diff(want, got); diff != "" {
 		t.Errorf("defaults (-want +got):\n%s", diff)

@@ -61,7 +61,7 @@ func (s *Service) release(ctx context.Context, it *item) error {
 		// come for this copy, so it must not hold credit.
 		s.log.Debug("work already released", "id", req.ID)
 		s.mu.Lock()
-		delete(s.inflight, req.ID)
+		s.land(req.ID)
 		s.mu.Unlock()
 	}
 	s.released.Add(1)
@@ -91,12 +91,13 @@ func (s *Service) take(now time.Time) *item {
 	if s.q.readyLen() == 0 && !s.dueBy(now) {
 		return nil
 	}
-	if !s.hasCredit(now) {
+	from, ok := s.creditFrom(now)
+	if !ok {
 		return nil
 	}
-	it := s.q.pop(now)
+	it := s.q.popFrom(now, from)
 	if it != nil {
-		s.reserve(it.req.ID, now)
+		s.reserve(it, now)
 	}
 	return it
 }
@@ -113,7 +114,7 @@ func (s *Service) dueBy(now time.Time) bool {
 func (s *Service) giveBack(it *item, queued bool) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	delete(s.inflight, it.req.ID)
+	s.land(it.req.ID)
 	if !queued {
 		return 0
 	}
@@ -143,33 +144,68 @@ func (s *Service) untilNext(now time.Time) time.Duration {
 	return max(next.Sub(now), 0)
 }
 
-// hasCredit reports whether another item may be released, first dropping
-// in-flight items that are past InFlightTimeout. Callers hold s.mu.
-func (s *Service) hasCredit(now time.Time) bool {
+// creditFrom returns the lowest priority class that may be released now,
+// or false when no credit is left, first dropping in-flight items that are
+// past InFlightTimeout. Below ReservedPriority an item needs unreserved
+// credit. Callers hold s.mu.
+func (s *Service) creditFrom(now time.Time) (int, bool) {
 	limit := s.cfg.MaxInFlight
 	if limit < 0 {
-		return true
+		return 0, true
 	}
-	if len(s.inflight) >= limit {
+	open := limit - s.cfg.ReservedInFlight
+	if len(s.inflight) >= limit || s.lowInFlight >= open {
 		s.expire(now)
 	}
-	return len(s.inflight) < limit
+	switch {
+	case len(s.inflight) >= limit:
+		return 0, false
+	case s.lowInFlight >= open:
+		return s.cfg.ReservedPriority, true
+	}
+	return 0, true
 }
 
-// reserve counts id as in flight. Without a limit nothing is counted.
+// allows reports whether it may be released now. Callers hold s.mu.
+func (s *Service) allows(it *item, now time.Time) bool {
+	from, ok := s.creditFrom(now)
+	return ok && class(it) >= from
+}
+
+// reserve counts it as in flight. Without a limit nothing is counted.
 // Callers hold s.mu.
-func (s *Service) reserve(id string, now time.Time) {
-	if s.cfg.MaxInFlight >= 0 {
-		s.inflight[id] = now
+func (s *Service) reserve(it *item, now time.Time) {
+	if s.cfg.MaxInFlight < 0 {
+		return
 	}
+	s.land(it.req.ID) // an ID submitted again while in flight counts once
+	low := class(it) < s.cfg.ReservedPriority
+	s.inflight[it.req.ID] = flight{at: now, low: low}
+	if low {
+		s.lowInFlight++
+	}
+}
+
+// land gives back the credit held by id and reports whether it held any.
+// Callers hold s.mu.
+func (s *Service) land(id string) bool {
+	f, ok := s.inflight[id]
+	if !ok {
+		return false
+	}
+	delete(s.inflight, id)
+	if f.low {
+		s.lowInFlight--
+	}
+	return true
 }
 
 // expire drops in-flight items released InFlightTimeout ago or earlier.
 // Callers hold s.mu.
 func (s *Service) expire(now time.Time) {
-	for id, at := range s.inflight {
-		if now.Sub(at) >= s.cfg.InFlightTimeout {
-			delete(s.inflight, id)
+	for id, f := range s.inflight {
+		if now.Sub(f.at) >= s.cfg.InFlightTimeout {
+			s.land(id)
 			s.expired.Add(1)
 			s.log.Debug("in-flight item expired without a result", "id", id)
 		}
@@ -180,9 +216,9 @@ func (s *Service) expire(now time.Time) {
 // hold s.mu.
 func (s *Service) oldestInFlight() (time.Time, bool) {
 	var oldest time.Time
-	for _, at := range s.inflight {
-		if oldest.IsZero() || at.Before(oldest) {
-			oldest = at
+	for _, f := range s.inflight {
+		if oldest.IsZero() || f.at.Before(oldest) {
+			oldest = f.at
 		}
 	}
 	return oldest, !oldest.IsZero()

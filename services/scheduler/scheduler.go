@@ -64,6 +64,12 @@ type Stats struct {
 	Accepted, Released, Dead, Expired int64
 }
 
+// flight is a released item that holds credit.
+type flight struct {
+	at  time.Time // when it was released
+	low bool      // below ReservedPriority: it holds unreserved credit
+}
+
 // Service is the scheduler. Build it with New and run it with Run.
 type Service struct {
 	conn  *bus.Conn
@@ -75,9 +81,11 @@ type Service struct {
 
 	mu       sync.Mutex
 	q        *queue
-	held     map[string]bool      // IDs in q
-	inflight map[string]time.Time // released IDs and when
-	backoff  time.Duration        // the release loop's, after a failure
+	held     map[string]bool   // IDs in q
+	inflight map[string]flight // released IDs holding credit
+	backoff  time.Duration     // the release loop's, after a failure
+	// lowInFlight counts the items in inflight below ReservedPriority.
+	lowInFlight int
 
 	accepted, released, dead, expired atomic.Int64
 }
@@ -109,7 +117,7 @@ func New(conn *bus.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 		wake:     make(chan struct{}, 1),
 		q:        newQueue(cfg.AgingInterval),
 		held:     make(map[string]bool),
-		inflight: make(map[string]time.Time),
+		inflight: make(map[string]flight),
 	}, nil
 }
 
@@ -295,8 +303,7 @@ func (s *Service) onResult(m *nats.Msg) {
 	}
 
 	s.mu.Lock()
-	_, ok := s.inflight[res.ID]
-	delete(s.inflight, res.ID)
+	ok := s.land(res.ID)
 	s.mu.Unlock()
 	if ok {
 		s.notify()

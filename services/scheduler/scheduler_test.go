@@ -319,3 +319,42 @@ func TestDeadLetters(t *testing.T) {
 		t.Errorf("stats = %+v, want %d dead, 1 released", st, len(inputs))
 	}
 }
+
+func TestReservedCapacity(t *testing.T) {
+	url := testenv.NATS(t)
+	client := testenv.Conn(t, url)
+	ready := follow(t, client, events.StreamReady, events.ReadyAll)
+	svc := start(t, url, Config{MaxInFlight: 4, ReservedInFlight: 1}).svc
+	p0 := func(n int) *events.WorkRequest {
+		return &events.WorkRequest{ID: fmt.Sprintf("p0-%d", n), Kind: testKind}
+	}
+
+	// No result comes back: p0 items take the 3 unreserved credits.
+	for n := 1; n <= 5; n++ {
+		submit(t, client, p0(n))
+	}
+	ready.wait(t, 3)
+	waitStats(t, svc, "2 p0 items waiting", func(s Stats) bool {
+		return s.Due == 2 && s.InFlight == 3
+	})
+
+	submit(t, client, &events.WorkRequest{ID: "p9", Kind: testKind, Priority: 9})
+	got := ids(requests(t, ready.wait(t, 4)))
+	if got[3] != "p9" {
+		t.Fatalf("released %v, want p9 fourth on the reserved credit", got)
+	}
+	submit(t, client, p0(6))
+	waitStats(t, svc, "3 p0 items waiting", func(s Stats) bool {
+		return s.Due == 3 && s.InFlight == 4
+	})
+	if n := len(ready.all()); n != 4 {
+		t.Fatalf("%d released with every credit taken, want 4", n)
+	}
+
+	// A p0 result frees unreserved credit: the oldest waiting p0 goes.
+	finish(t, client, "p0-1")
+	want := []string{"p0-1", "p0-2", "p0-3", "p9", "p0-4"}
+	if diff := cmp.Diff(want, ids(requests(t, ready.wait(t, 5)))); diff != "" {
+		t.Errorf("release order (-want +got):\n%s", diff)
+	}
+}
