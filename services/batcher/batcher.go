@@ -57,6 +57,10 @@ type Service struct {
 	acc *Accumulator
 	// maxItem is the largest item that fits in a batch message.
 	maxItem int
+	// ctrl and fb are the adaptive mode's controller and its feedback
+	// from results; nil in fixed mode.
+	ctrl *Controller
+	fb   *feedback
 
 	batches, items, dead, failed atomic.Int64
 }
@@ -84,15 +88,20 @@ func New(conn *bus.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 	if err != nil {
 		return nil, fmt.Errorf("new batcher: %w", err)
 	}
-	return &Service{
-		conn:    conn,
-		cfg:     cfg,
-		log:     log,
-		rec:     rec,
-		acc:     NewAccumulator(clamp{cfg.policy(), maxBatch}),
-		maxItem: maxBatch,
-	}, nil
+	s := &Service{conn: conn, cfg: cfg, log: log, rec: rec, maxItem: maxBatch}
+	policy := cfg.policy()
+	if cfg.Adaptive != nil {
+		s.ctrl = NewController(*cfg.Adaptive, policy, log)
+		s.fb = newFeedback(s.ctrl)
+		policy = s.ctrl
+	}
+	s.acc = NewAccumulator(clamp{policy, maxBatch})
+	return s, nil
 }
+
+// Controller returns the adaptive mode's controller, or nil in fixed
+// mode.
+func (s *Service) Controller() *Controller { return s.ctrl }
 
 // Stats returns the counts so far. It is safe to call while Run runs.
 func (s *Service) Stats() Stats {
@@ -111,6 +120,11 @@ func (s *Service) Stats() Stats {
 // NOTE: call Run once at a time; the service holds one set of open
 // batches.
 func (s *Service) Run(ctx context.Context) error {
+	stopResults, err := s.listen()
+	if err != nil {
+		return err
+	}
+	defer stopResults()
 	it, err := s.subscribe(ctx)
 	if err != nil {
 		if ctx.Err() != nil {
@@ -118,7 +132,7 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return err
 	}
-	s.log.Info("batcher started", "durable", s.cfg.Durable)
+	s.log.Info("batcher started", "durable", s.cfg.Durable, "adaptive", s.ctrl != nil)
 
 	// Timings flush until the pipeline has stopped, then once more.
 	timings, stopTimings := context.WithCancel(context.WithoutCancel(ctx))
@@ -384,11 +398,14 @@ func (s *Service) flush(ctx context.Context, p *Pending) {
 	defer s.recoverBatch(p)
 
 	b := p.Batch(time.Now())
+	// Tracked first: a quick agent may answer before the publish returns.
+	fl := s.fb.track(p)
 	start := time.Now()
 	err := s.conn.Publish(ctx, events.BatchSubject(p.Kind), b, b.ID)
 	s.rec.Since(opPublish, start, err)
 	s.rec.Since(opBatch, p.Opened, err)
 	if err != nil {
+		s.fb.cancel(fl)
 		s.failed.Add(1)
 		s.log.Warn("batch not published, items redelivered", "kind", p.Kind,
 			"batch_id", b.ID, "items", len(p.Items), "retry_in", s.cfg.RetryDelay, "err", err)

@@ -36,9 +36,13 @@ type Config struct {
 	// Policy, when set, decides the limits of every kind instead of
 	// Default and PerKind; zero fields of what it returns still take
 	// DefaultLimits, and MaxBytes is capped at what one NATS message
-	// holds. Nil means Static{Default, PerKind}. This is where an adaptive
-	// policy plugs in.
+	// holds. Nil means Static{Default, PerKind}.
 	Policy Policy
+	// Adaptive, when set, turns on the adaptive mode: a Controller sets
+	// every kind's MaxCount from the measured latency of its batches,
+	// starting from and taking MaxBytes and Linger from the policy above.
+	// Nil means fixed mode.
+	Adaptive *AdaptiveConfig
 
 	// MaxAckPending caps the items delivered but not yet acknowledged:
 	// everything in open batches and in batches being published. It must
@@ -82,6 +86,11 @@ func (c Config) Validate() error {
 			return fmt.Errorf("batcher config: limits of %s: %w", kind, err)
 		}
 	}
+	if c.Adaptive != nil {
+		if err := c.Adaptive.Validate(); err != nil {
+			return fmt.Errorf("batcher config: %w", err)
+		}
+	}
 	return c.validateDelivery()
 }
 
@@ -92,6 +101,9 @@ func (c Config) validateDelivery() error {
 	for kind := range c.PerKind {
 		l := static.Limits(kind)
 		maxCount, maxLinger = max(maxCount, l.MaxCount), max(maxLinger, l.Linger)
+	}
+	if c.Adaptive != nil {
+		maxCount = max(maxCount, c.Adaptive.MaxCount)
 	}
 
 	switch {
@@ -132,6 +144,10 @@ func (c Config) withDefaults() Config {
 	}
 	if c.ShutdownTimeout == 0 {
 		c.ShutdownTimeout = DefaultShutdownTimeout
+	}
+	if c.Adaptive != nil {
+		a := c.Adaptive.withDefaults()
+		c.Adaptive = &a
 	}
 	return c
 }

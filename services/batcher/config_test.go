@@ -33,6 +33,16 @@ func TestConfigValidate(t *testing.T) {
 		}, "max ack pending"},
 		{"negative publishers", Config{Publishers: -1}, "negative"},
 		{"negative retry delay", Config{RetryDelay: -1}, "negative"},
+		{"adaptive defaults", Config{Adaptive: &AdaptiveConfig{}}, ""},
+		{"adaptive bounds out of order", Config{
+			Adaptive: &AdaptiveConfig{MinCount: 10, MaxCount: 5},
+		}, "count bounds"},
+		{"adaptive negative target", Config{
+			Adaptive: &AdaptiveConfig{TargetP95: -time.Second},
+		}, "target p95"},
+		{"max ack pending below adaptive max count", Config{
+			MaxAckPending: 100, Adaptive: &AdaptiveConfig{MaxCount: 101},
+		}, "max ack pending"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -14,8 +14,9 @@
 //
 // Batch building lives in [Accumulator], which knows nothing of NATS; the
 // limits of each kind come from a [Policy], by default [Static] built from
-// the [Config]. An adaptive policy can take its place without touching the
-// service.
+// the [Config]. With Config.Adaptive set, a [Controller] takes its place:
+// it listens to the results on work.result.> and sets each kind's MaxCount
+// so that the p95 of its batches' run time stays near a target.
 //
 // Use [New] to build a [Service] and [Service.Run] to run it until its
 // context ends; Run then stops pulling, publishes the open batches within
