@@ -47,6 +47,10 @@ func (w *wiring) bindScheduler(fs *flag.FlagSet) {
 		"waiting time that raises an item's priority by one; negative turns aging off")
 	fs.DurationVar(&c.InFlightTimeout, "in-flight-timeout", scheduler.DefaultInFlightTimeout,
 		"time after which a released item without a result stops holding credit")
+	fs.IntVar(&c.ReservedInFlight, "reserved-in-flight", 0,
+		"part of --max-in-flight only items of --reserved-priority or higher may use")
+	fs.IntVar(&c.ReservedPriority, "reserved-priority", scheduler.DefaultReservedPriority,
+		"lowest priority (1-9) that may use the reserved in-flight credit")
 }
 
 func (w *wiring) bindBatcher(fs *flag.FlagSet) {
@@ -55,6 +59,20 @@ func (w *wiring) bindBatcher(fs *flag.FlagSet) {
 	fs.IntVar(&l.MaxBytes, "batch-bytes", batcher.DefaultMaxBytes, "most encoded bytes per batch")
 	fs.DurationVar(&l.Linger, "batch-linger", batcher.DefaultLinger,
 		"longest wait for a batch to fill after its first item")
+	fs.Func("batch-target-p95", "adaptive mode: batch count kept so that the p95 "+
+		"of batch run time stays near this; 0 = fixed --batch-count",
+		func(v string) error {
+			d, err := time.ParseDuration(v)
+			switch {
+			case err != nil:
+				return err
+			case d > 0:
+				w.batcher.Adaptive = &batcher.AdaptiveConfig{TargetP95: d}
+			default:
+				w.batcher.Adaptive = nil
+			}
+			return nil
+		})
 }
 
 func (w *wiring) bindAgent(fs *flag.FlagSet) {
@@ -71,6 +89,24 @@ func (w *wiring) bindAgent(fs *flag.FlagSet) {
 	fs.StringVar(&c.CSV.DataDir, "csv-data-dir", ".", "folder the csv kind reads files from")
 	fs.DurationVar(&c.CSV.CacheTTL, "csv-cache-ttl", agent.DefaultCSVCacheTTL,
 		"how long csv results stay cached; negative = not cached")
+	fs.Func("kind-concurrency", "items of a kind run at once, as kind=n,...; 0 = only --workers",
+		func(v string) error {
+			m, err := agent.ParseKindCounts(v)
+			c.KindConcurrency = m
+			return err
+		})
+	fs.Int64Var(&c.MaxInFlightBytes, "max-in-flight-bytes", agent.DefaultMaxInFlightBytes,
+		"payload bytes of the items running at once; negative = no cap")
+	a := &c.Admission
+	fs.BoolVar(&a.Disabled, "admission-off", false, "never hold intake for host load")
+	fs.Float64Var(&a.HighCPU, "admission-high-cpu", agent.DefaultHighCPU,
+		"host CPU percent above which no new batch is pulled")
+	fs.Float64Var(&a.LowCPU, "admission-low-cpu", agent.DefaultLowCPU,
+		"host CPU percent below which intake resumes (with --admission-low-mem)")
+	fs.Float64Var(&a.HighMem, "admission-high-mem", agent.DefaultHighMem,
+		"host memory percent above which no new batch is pulled")
+	fs.Float64Var(&a.LowMem, "admission-low-mem", agent.DefaultLowMem,
+		"host memory percent below which intake resumes (with --admission-low-cpu)")
 }
 
 func (w *wiring) bindAggregator(fs *flag.FlagSet) {

@@ -13,6 +13,7 @@ import (
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
+	"golang.org/x/sync/semaphore"
 	"golang.org/x/sync/singleflight"
 	"golang.org/x/time/rate"
 
@@ -38,6 +39,14 @@ type Service struct {
 
 	// slots holds one token per busy worker.
 	slots chan struct{}
+	// limits caps the running items of each capped kind.
+	limits kindLimits
+	// bytes caps the payload bytes of running items; nil for no cap.
+	bytes *semaphore.Weighted
+	// parked holds one token per batch whose items wait for their kind.
+	parked chan struct{}
+	// adm holds intake while the host is loaded.
+	adm *admission
 	// flight collapses concurrent runs of the same cache key.
 	flight singleflight.Group
 
@@ -71,7 +80,7 @@ func New(
 	if err != nil {
 		return nil, fmt.Errorf("agent: %w", err)
 	}
-	return &Service{
+	s := &Service{
 		conn:      conn,
 		store:     store,
 		reg:       reg,
@@ -81,10 +90,23 @@ func New(
 		name:      name,
 		retry:     newRetry(cfg),
 		slots:     make(chan struct{}, cfg.Workers),
+		parked:    make(chan struct{}, cfg.Workers),
+		adm:       newAdmission(cfg.Admission, log),
 		cacheWarn: rate.Sometimes{Interval: 30 * time.Second},
 		pullWarn:  rate.Sometimes{Interval: 30 * time.Second},
-	}, nil
+	}
+	if cfg.MaxInFlightBytes > 0 {
+		s.bytes = semaphore.NewWeighted(cfg.MaxInFlightBytes)
+	}
+	s.adm.record = func(state string, d time.Duration) {
+		s.timings.Record("admission", state, d)
+	}
+	return s, nil
 }
+
+// Throttled reports whether the agent holds intake because its host is
+// loaded (see AdmissionConfig).
+func (s *Service) Throttled() bool { return s.adm.Throttled() }
 
 // Run pulls and runs batches until ctx is cancelled. It then stops
 // pulling, lets in-flight items finish within Config.DrainTimeout, naks
@@ -103,8 +125,16 @@ func (s *Service) Run(ctx context.Context) error {
 		}
 		return fmt.Errorf("agent: %w", err)
 	}
+	if !s.cfg.Admission.Disabled {
+		sub, err := s.adm.subscribe(s.conn.NC)
+		if err != nil {
+			return fmt.Errorf("agent: subscribe %s: %w", events.ResourceAll, err)
+		}
+		defer func() { _ = sub.Unsubscribe() }()
+	}
 	s.log.Info("agent running", "agent", s.name, "durable", s.cfg.Durable,
-		"workers", s.cfg.Workers, "kinds", s.reg.Kinds(), "cache", s.storeName())
+		"workers", s.cfg.Workers, "kinds", s.reg.Kinds(), "cache", s.storeName(),
+		"max_in_flight_bytes", s.cfg.MaxInFlightBytes, "admission_host", s.admissionHost())
 
 	// Items run under work, which outlives ctx by up to the drain time,
 	// so that they can finish and publish their results.
@@ -130,6 +160,13 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
+func (s *Service) admissionHost() string {
+	if s.cfg.Admission.Disabled {
+		return "off"
+	}
+	return s.cfg.Admission.Host
+}
+
 func (s *Service) storeName() string {
 	if s.store == nil {
 		return "none"
@@ -137,14 +174,13 @@ func (s *Service) storeName() string {
 	return s.store.Name()
 }
 
-// consume pulls one batch whenever a worker is free and starts its items
-// on g, until ctx is cancelled. The items of a batch already pulled keep
-// starting until work is cancelled too.
+// consume pulls one batch whenever intake is open and a worker is free,
+// and starts its items on g, until ctx is cancelled. The items of a batch
+// already pulled keep starting until work is cancelled too.
 func (s *Service) consume(ctx, work context.Context, cons jetstream.Consumer, g *errgroup.Group) {
-	for s.acquire(ctx) {
+	for s.ready(ctx) {
 		msg, err := s.next(ctx, cons)
 		if msg == nil {
-			s.release()
 			if err != nil {
 				s.pullWarn.Do(func() { s.log.Warn("pull failed, retrying", "err", err) })
 				sleep(ctx, time.Second)
@@ -155,11 +191,22 @@ func (s *Service) consume(ctx, work context.Context, cons jetstream.Consumer, g 
 	}
 }
 
+// ready waits until intake is open and a worker is free. The worker is
+// not taken: the batch's items take workers as they start.
+func (s *Service) ready(ctx context.Context) bool {
+	if !s.adm.wait(ctx) || !s.acquire(ctx) {
+		return false
+	}
+	s.release()
+	return true
+}
+
 // next waits up to PollWait for a batch. It returns nil and no error
-// when none came or ctx was cancelled.
+// when none came, ctx was cancelled or intake was throttled meanwhile.
 func (s *Service) next(ctx context.Context, cons jetstream.Consumer) (jetstream.Msg, error) {
 	pollCtx, cancel := context.WithTimeout(ctx, s.cfg.PollWait)
 	defer cancel()
+	defer s.adm.watchPull(cancel)()
 	msg, err := cons.Next(jetstream.FetchContext(pollCtx))
 	switch {
 	case err == nil:
@@ -185,13 +232,10 @@ func (s *Service) acquire(ctx context.Context) bool {
 
 func (s *Service) release() { <-s.slots }
 
-// startBatch decodes msg and starts its items, the first one on the slot
-// the caller holds. Items that cannot start because work ended leave the
-// batch unfinished, to be nak'ed.
+// startBatch decodes msg and starts its items (see startItems).
 func (s *Service) startBatch(ctx, work context.Context, g *errgroup.Group, msg jetstream.Msg) {
 	var batch events.Batch
 	if err := events.Unmarshal(msg.Data(), &batch); err != nil {
-		s.release()
 		s.rejectBatch(work, msg, err)
 		return
 	}
@@ -202,23 +246,7 @@ func (s *Service) startBatch(ctx, work context.Context, g *errgroup.Group, msg j
 		s.watch(ctx, b)
 		return nil
 	})
-
-	if len(batch.Items) == 0 {
-		s.release()
-		return
-	}
-	for i := range batch.Items {
-		if i > 0 && !s.acquire(work) {
-			b.abandon(len(batch.Items) - i)
-			return
-		}
-		req := &batch.Items[i]
-		g.Go(func() error {
-			defer s.release()
-			b.finish(s.safeRunItem(work, b, req))
-			return nil
-		})
-	}
+	s.startItems(work, g, b, 0, false)
 }
 
 // rejectBatch dead-letters a batch message that cannot be read and

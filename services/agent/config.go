@@ -2,6 +2,8 @@ package agent
 
 import (
 	"fmt"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/perfpipe/perfpipe/pkg/events"
@@ -20,6 +22,13 @@ const (
 	DefaultItemTimeout   = 30 * time.Second
 	DefaultDrainTimeout  = 10 * time.Second
 	DefaultCacheTimeout  = time.Second
+
+	DefaultMaxInFlightBytes = 64 << 20
+	DefaultHighCPU          = 90.0
+	DefaultLowCPU           = 75.0
+	DefaultHighMem          = 90.0
+	DefaultLowMem           = 80.0
+	DefaultReadingMaxAge    = 5 * time.Second
 
 	DefaultHTTPMaxBody     = 16 << 20
 	DefaultHTTPTimeout     = 10 * time.Second
@@ -77,10 +86,101 @@ type Config struct {
 	// counts as a miss. Zero means 1 s.
 	CacheTimeout time.Duration
 
+	// KindConcurrency caps, by kind, the items of that kind that run at
+	// once, in place of the kind's Options.MaxConcurrent; zero here
+	// removes the kind's own cap. An item over its kind's cap waits for a
+	// slot while items of other kinds run. Nil means no overrides.
+	KindConcurrency map[string]int
+	// MaxInFlightBytes caps the payload bytes of the items running at
+	// once; an item waits until its bytes are free, and one larger than
+	// the cap runs alone. Zero means 64 MiB; negative means no cap.
+	MaxInFlightBytes int64
+	// Admission slows intake while the host is loaded.
+	Admission AdmissionConfig
+
 	// HTTP configures the built-in http kind.
 	HTTP HTTPConfig
 	// CSV configures the built-in csv kind.
 	CSV CSVConfig
+}
+
+// AdmissionConfig configures how the agent watches the monitor's readings
+// of its host (events.Resource on perf.resource.>) and stops pulling
+// batches while the host is loaded. Percentages are 0-100.
+//
+// Intake stops when host CPU rises above HighCPU or memory above HighMem,
+// and resumes only when both are below LowCPU and LowMem, so that readings
+// between the watermarks do not flap it. Without fresh readings (no
+// monitor, or none within MaxAge), intake goes on.
+type AdmissionConfig struct {
+	// Disabled ignores the readings: intake never stops for load.
+	Disabled bool
+	// Host is the host whose readings count, as the monitor names it.
+	// Empty means this machine's host name; "*" means any host.
+	Host string
+	// HighCPU stops intake above it. Zero means 90.
+	HighCPU float64
+	// LowCPU, with LowMem, resumes intake below it. Zero means 75.
+	LowCPU float64
+	// HighMem stops intake above it. Zero means 90.
+	HighMem float64
+	// LowMem, with LowCPU, resumes intake below it. Zero means 80.
+	LowMem float64
+	// MaxAge is how long a reading counts; an older one is ignored.
+	// Zero means 5 s, five of the monitor's default intervals.
+	MaxAge time.Duration
+}
+
+// withDefaults returns a with every zero field set to its default.
+func (a AdmissionConfig) withDefaults() AdmissionConfig {
+	a.Host = orDefault(a.Host, hostname())
+	a.HighCPU = orDefault(a.HighCPU, DefaultHighCPU)
+	a.LowCPU = orDefault(a.LowCPU, DefaultLowCPU)
+	a.HighMem = orDefault(a.HighMem, DefaultHighMem)
+	a.LowMem = orDefault(a.LowMem, DefaultLowMem)
+	a.MaxAge = orDefault(a.MaxAge, DefaultReadingMaxAge)
+	return a
+}
+
+// validate reports a watermark out of range or a low one above its high.
+func (a AdmissionConfig) validate() error {
+	d := a.withDefaults()
+	pairs := []struct {
+		name      string
+		low, high float64
+	}{
+		{"cpu", d.LowCPU, d.HighCPU},
+		{"mem", d.LowMem, d.HighMem},
+	}
+	for _, p := range pairs {
+		if p.low < 0 || p.high > 100 || p.low > p.high {
+			return fmt.Errorf("agent config: admission %s watermarks low %g, high %g: "+
+				"want 0 <= low <= high <= 100", p.name, p.low, p.high)
+		}
+	}
+	if a.MaxAge < 0 {
+		return fmt.Errorf("agent config: admission max age is negative (%s)", a.MaxAge)
+	}
+	return nil
+}
+
+// ParseKindCounts reads a list such as "http=4,csv=2" into a map for
+// Config.KindConcurrency.
+func ParseKindCounts(s string) (map[string]int, error) {
+	out := map[string]int{}
+	for _, part := range strings.Split(s, ",") {
+		part = strings.TrimSpace(part)
+		if part == "" {
+			continue
+		}
+		kind, count, ok := strings.Cut(part, "=")
+		n, err := strconv.Atoi(strings.TrimSpace(count))
+		if !ok || err != nil {
+			return nil, fmt.Errorf("parse kind count %q: want kind=number", part)
+		}
+		out[strings.TrimSpace(kind)] = n
+	}
+	return out, nil
 }
 
 // HTTPConfig configures the built-in http kind.
@@ -131,6 +231,8 @@ func (c Config) withDefaults() Config {
 	c.ItemTimeout = orDefault(c.ItemTimeout, DefaultItemTimeout)
 	c.DrainTimeout = orDefault(c.DrainTimeout, DefaultDrainTimeout)
 	c.CacheTimeout = orDefault(c.CacheTimeout, DefaultCacheTimeout)
+	c.MaxInFlightBytes = orDefault(c.MaxInFlightBytes, DefaultMaxInFlightBytes)
+	c.Admission = c.Admission.withDefaults()
 
 	if len(c.HTTP.AllowedHosts) == 0 {
 		c.HTTP.AllowedHosts = DefaultAllowedHosts
@@ -187,6 +289,15 @@ func (c Config) Validate() error {
 	if c.RetryMax != 0 && c.RetryMax < c.RetryInitial {
 		return fmt.Errorf("agent config: retry max %s below retry initial %s",
 			c.RetryMax, c.RetryInitial)
+	}
+	for kind, n := range c.KindConcurrency {
+		if !events.ValidToken(kind) || n < 0 {
+			return fmt.Errorf("agent config: kind concurrency %q=%d: want a kind and "+
+				"a count >= 0", kind, n)
+		}
+	}
+	if err := c.Admission.validate(); err != nil {
+		return err
 	}
 	if c.AckWait != 0 && c.AckWait < time.Second {
 		return fmt.Errorf("agent config: ack wait %s below 1s", c.AckWait)

@@ -21,6 +21,15 @@
 // kind and a hash of the canonical payload; a repeated request is answered
 // from the cache, and concurrent identical requests run once.
 //
+// Intake is bounded three ways. An item starts only with a slot of its
+// kind ([Options.MaxConcurrent], [Config.KindConcurrency]), room for its
+// payload under [Config.MaxInFlightBytes], and a free worker; it waits for
+// them, never failing for them. A batch whose kind is at its cap waits in
+// a goroutine of its own, so batches of other kinds still start. And while
+// the monitor reports the host loaded above the high watermarks of
+// [AdmissionConfig], no new batch is pulled until the load falls below
+// the low ones (see [Service.Throttled]).
+//
 // Lifecycle: [New], then [Service.Run] until its context is cancelled.
 // Run stops pulling, gives in-flight items [Config.DrainTimeout] to finish,
 // naks the batches it could not finish so that another agent picks them

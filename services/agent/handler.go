@@ -74,6 +74,10 @@ type Options struct {
 	// CacheTTL is how long results of the kind stay in the result cache.
 	// Zero or negative means not cached, unless a request sets its own TTL.
 	CacheTTL time.Duration
+	// MaxConcurrent caps the items of the kind that run at once, within
+	// Config.Workers; Config.KindConcurrency overrides it. Zero means no
+	// cap but Workers.
+	MaxConcurrent int
 }
 
 // registered is a kind's handler with its options.
@@ -103,6 +107,10 @@ func (r *Registry) Register(kind string, h Handler, opts Options) error {
 	}
 	if h == nil {
 		return fmt.Errorf("register %s: nil handler", kind)
+	}
+	if opts.MaxConcurrent < 0 {
+		return fmt.Errorf("register %s: max concurrent is negative (%d)", kind,
+			opts.MaxConcurrent)
 	}
 
 	r.mu.Lock()

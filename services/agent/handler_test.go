@@ -110,6 +110,14 @@ func TestConfigValidate(t *testing.T) {
 			RetryMax: time.Millisecond}, "retry max"},
 		{"negative max body", Config{HTTP: HTTPConfig{MaxBody: -1}}, "max body"},
 		{"csv cache off", Config{CSV: CSVConfig{CacheTTL: -1}}, ""},
+		{"kind concurrency", Config{KindConcurrency: map[string]int{"http": 2, "csv": 0}}, ""},
+		{"negative kind concurrency", Config{KindConcurrency: map[string]int{"http": -1}},
+			"kind concurrency"},
+		{"bad kind", Config{KindConcurrency: map[string]int{"a.b": 1}}, "kind concurrency"},
+		{"no bytes cap", Config{MaxInFlightBytes: -1}, ""},
+		{"low cpu above high", Config{Admission: AdmissionConfig{LowCPU: 95}}, "cpu watermarks"},
+		{"high mem over 100", Config{Admission: AdmissionConfig{HighMem: 101}}, "mem watermarks"},
+		{"negative max age", Config{Admission: AdmissionConfig{MaxAge: -1}}, "max age"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
