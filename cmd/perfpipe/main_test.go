@@ -36,6 +36,8 @@ func TestUsageErrors(t *testing.T) {
 		{"bad log level", []string{"scheduler", "--log-level", "loud"}, 2},
 		{"stray argument", []string{"batcher", "extra"}, 2},
 		{"bad listen", []string{"up", "--listen", "nowhere"}, 2},
+		{"unknown service", []string{"up", "--services", "agent,nope"}, 2},
+		{"service twice", []string{"up", "--services", "agent,agent"}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -6,7 +6,9 @@ import (
 	"fmt"
 	"net"
 	"os"
+	"slices"
 	"strconv"
+	"strings"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
 
@@ -29,6 +31,8 @@ func upCommand() *ffcli.Command {
 	storeDir := fs.String("store-dir", "data/nats", "JetStream store folder of the embedded NATS server")
 	listen := fs.String("listen", "127.0.0.1:4222", "client address of the embedded NATS server")
 	external := fs.Bool("external-nats", false, "use the server at --nats-url instead of an embedded one")
+	only := fs.String("services", strings.Join(allServices, ","),
+		"services to run in this process, comma-separated (leave one out to run it elsewhere)")
 
 	return &ffcli.Command{
 		Name:       "up",
@@ -43,6 +47,10 @@ func upCommand() *ffcli.Command {
 			if len(args) > 0 {
 				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
 			}
+			names, err := pickServices(*only)
+			if err != nil {
+				return err
+			}
 			if !*external {
 				srv, err := startBroker(*listen, *storeDir)
 				if err != nil {
@@ -51,9 +59,27 @@ func upCommand() *ffcli.Command {
 				defer srv.Shutdown()
 				g.natsURL = srv.ClientURL()
 			}
-			return runServices(ctx, g, w, allServices...)
+			return runServices(ctx, g, w, names...)
 		},
 	}
+}
+
+// pickServices parses --services: known names, each once, at least one.
+func pickServices(list string) ([]string, error) {
+	names := splitList(list)
+	if len(names) == 0 {
+		return nil, fmt.Errorf("%w: --services is empty", errUsage)
+	}
+	for i, n := range names {
+		if !slices.Contains(allServices, n) {
+			return nil, fmt.Errorf("%w: --services: unknown service %q (have %s)",
+				errUsage, n, strings.Join(allServices, ", "))
+		}
+		if slices.Contains(names[:i], n) {
+			return nil, fmt.Errorf("%w: --services: %s twice", errUsage, n)
+		}
+	}
+	return names, nil
 }
 
 // startBroker starts the embedded server on listen. The address is tried

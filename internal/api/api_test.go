@@ -122,3 +122,21 @@ func TestMetrics(t *testing.T) {
 		t.Errorf("/metrics has quantiles for an empty window:\n%s", text)
 	}
 }
+
+type countedSnaps struct{ fixedSnaps }
+
+func (countedSnaps) Counters() map[string]int64 { return map[string]int64{"rejected": 4} }
+
+func TestMetricsCounters(t *testing.T) {
+	srv := httptest.NewServer(NewHandler(nil, nil, countedSnaps{}))
+	defer srv.Close()
+	resp, err := http.Get(srv.URL + "/metrics")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	body, _ := io.ReadAll(resp.Body)
+	if want := `perfpipe_aggregator_input_total{outcome="rejected"} 4`; !strings.Contains(string(body), want) {
+		t.Errorf("/metrics lacks %s:\n%s", want, body)
+	}
+}

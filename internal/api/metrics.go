@@ -6,6 +6,13 @@ import (
 	"github.com/perfpipe/perfpipe/pkg/events"
 )
 
+// CounterSource is a SnapshotSource that also counts what it did with its
+// input as a whole, such as messages it could not read: counts that belong
+// to no group.
+type CounterSource interface {
+	Counters() map[string]int64
+}
+
 // Collector exposes the latest snapshots as Prometheus metrics, labelled by
 // group (service, op): the window's figures as gauges, the quantiles as
 // one gauge per quantile, and the since-start totals as counters. It reads
@@ -15,6 +22,7 @@ type Collector struct {
 
 	count, errors, rate, latency, minMs, maxMs, meanMs *prometheus.Desc
 	total, dropped, rejected, hits, misses, cpu, rss   *prometheus.Desc
+	input                                              *prometheus.Desc
 }
 
 // NewCollector returns a collector over src.
@@ -32,20 +40,24 @@ func NewCollector(src SnapshotSource) *Collector {
 		minMs:    d("latency_min_ms", "Smallest latency in the window."),
 		maxMs:    d("latency_max_ms", "Largest latency in the window."),
 		meanMs:   d("latency_mean_ms", "Mean latency in the window."),
-		total:    d("samples_total", "Samples accepted since the aggregator started."),
+		total:    d("samples_total", "Samples accepted, kept across restarts by the checkpoint."),
 		dropped:  d("dropped_total", "Valid samples outside every window.", "reason"),
 		rejected: d("rejected_total", "Bad input: negative durations, corrupt summaries."),
 		hits:     d("cache_hits", "Result-cache hits in the window."),
 		misses:   d("cache_misses", "Result-cache misses in the window."),
 		cpu:      d("cpu_percent", "CPU use of the group's processes; 100 is one core."),
 		rss:      d("rss_bytes", "Resident memory of the group's processes."),
+		input: prometheus.NewDesc("perfpipe_aggregator_input_total",
+			"Telemetry the aggregator handled, by outcome (applied, rejected, late, ...).",
+			[]string{"outcome"}, nil),
 	}
 }
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 	for _, d := range []*prometheus.Desc{c.count, c.errors, c.rate, c.latency, c.minMs,
-		c.maxMs, c.meanMs, c.total, c.dropped, c.rejected, c.hits, c.misses, c.cpu, c.rss} {
+		c.maxMs, c.meanMs, c.total, c.dropped, c.rejected, c.hits, c.misses, c.cpu, c.rss,
+		c.input} {
 		ch <- d
 	}
 }
@@ -54,6 +66,11 @@ func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
 func (c *Collector) Collect(ch chan<- prometheus.Metric) {
 	for _, s := range c.src.Snapshots("") {
 		c.collect(ch, &s)
+	}
+	if cs, ok := c.src.(CounterSource); ok {
+		for outcome, n := range cs.Counters() {
+			ch <- prometheus.MustNewConstMetric(c.input, prometheus.CounterValue, float64(n), outcome)
+		}
 	}
 }
 

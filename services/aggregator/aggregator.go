@@ -211,6 +211,19 @@ func (s *Service) Stats() Stats {
 	}
 }
 
+// Counters reports what became of the telemetry as a whole, for
+// /metrics: messages received and skipped, samples applied, late, future,
+// foreign and overflowed, and rejected input (undecodable messages
+// included, which belong to no group).
+func (s *Service) Counters() map[string]int64 {
+	st := s.Stats()
+	return map[string]int64{
+		"received": st.Received, "skipped": st.Skipped, "applied": st.Applied,
+		"late": st.Late, "future": st.Future, "rejected": st.Rejected,
+		"foreign": st.Foreign, "overflowed": st.Overflowed,
+	}
+}
+
 // Snapshots returns copies of the latest partial snapshots, sorted by
 // service and op. An empty filter returns all; a filter without a dot
 // matches one service; a filter with a dot matches the snapshots whose

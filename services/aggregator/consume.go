@@ -120,6 +120,9 @@ func (s *Service) apply(subject string, data []byte, ts int64) error {
 		if err := events.Unmarshal(data, &ev); err != nil {
 			return err
 		}
+		if err := fromSubject(&ev, subject); err != nil {
+			return err
+		}
 		return s.applyTiming(&ev, ts)
 	case strings.HasPrefix(subject, events.BatchTimingPrefix):
 		var ev events.TimingBatch
@@ -135,6 +138,22 @@ func (s *Service) apply(subject string, data []byte, ts int64) error {
 		return s.applyResource(&ev, ts)
 	}
 	return fmt.Errorf("%w: subject %s is not telemetry", events.ErrInvalid, subject)
+}
+
+// fromSubject fills a timing's service and op from its subject
+// perf.timing.<service>.<op> when the body leaves them out, and refuses a
+// body that names another group than its subject.
+func fromSubject(ev *events.Timing, subject string) error {
+	parts := strings.Split(strings.TrimPrefix(subject, events.TimingPrefix), ".")
+	if ev.Service == "" && ev.Op == "" && len(parts) == 2 {
+		ev.Service, ev.Op = parts[0], parts[1]
+	}
+	if want := events.TimingSubject(ev.Service, ev.Op); ev.Service != "" && ev.Op != "" &&
+		want != subject {
+		return fmt.Errorf("%w: timing of %s.%s published on %s, want %s",
+			events.ErrInvalid, ev.Service, ev.Op, subject, want)
+	}
+	return nil
 }
 
 // applyTiming records one duration, or counts a negative one against its

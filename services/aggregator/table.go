@@ -113,10 +113,13 @@ func (t *table) recordIn(sh *shard, k groupKey, s *sample, force bool) (out outc
 // reserve counts a new group in, keeping one place for the overflow group
 // unless force.
 func (t *table) reserve(force bool) bool {
-	limit := t.maxGroups - 1
 	if force {
-		limit = t.maxGroups
+		// The overflow group is always there to take what the cap turns
+		// away, even when restored groups already exceed a lowered cap.
+		t.groups.Add(1)
+		return true
 	}
+	limit := t.maxGroups - 1
 	for {
 		n := t.groups.Load()
 		if n >= limit {

@@ -510,3 +510,51 @@ func lognormal(seed uint64, n int) []float64 {
 }
 
 func newRand(seed uint64) *rand.Rand { return rand.New(rand.NewPCG(seed, seed+1)) }
+
+// TestOverflowAfterLoweredCap covers a restart with a lower cap than the
+// checkpoint's group count: new groups still land in the overflow group
+// instead of vanishing.
+func TestOverflowAfterLoweredCap(t *testing.T) {
+	cfg := unitConfig()
+	cfg.MaxGroups = 5
+	h := newHarness(t, cfg)
+	h.tab.groups.Store(int64(cfg.MaxGroups + 3)) // as restored from a larger cap
+
+	h.addOnTime("new", at(sec), 7)
+	snaps := h.flush(at(2 * sec))
+	if over := partialOf(t, snaps, Overflow); over.Count != 1 || *over.MaxMs != 7 {
+		t.Errorf("overflow count %d, want the new group's 1 sample", over.Count)
+	}
+}
+
+func TestTimingFromSubject(t *testing.T) {
+	tests := []struct {
+		name    string
+		ev      events.Timing
+		subject string
+		service string
+		op      string
+		wantErr bool
+	}{
+		{"body names the group", events.Timing{Service: "shop", Op: "charge"},
+			"perf.timing.shop.charge", "shop", "charge", false},
+		{"subject names the group", events.Timing{}, "perf.timing.shop.charge", "shop", "charge", false},
+		{"dotted op", events.Timing{Service: "agent", Op: "http.cache"},
+			"perf.timing.agent.http_cache", "agent", "http.cache", false},
+		{"body and subject differ", events.Timing{Service: "other", Op: "thing"},
+			"perf.timing.shop.charge", "", "", true},
+		{"subject too short", events.Timing{}, "perf.timing.shop", "", "", false},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ev := tt.ev
+			err := fromSubject(&ev, tt.subject)
+			if (err != nil) != tt.wantErr {
+				t.Fatalf("fromSubject() = %v, want error %v", err, tt.wantErr)
+			}
+			if !tt.wantErr && (ev.Service != tt.service || ev.Op != tt.op) {
+				t.Errorf("group = %s.%s, want %s.%s", ev.Service, ev.Op, tt.service, tt.op)
+			}
+		})
+	}
+}
