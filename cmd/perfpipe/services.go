@@ -165,7 +165,7 @@ func (w *wiring) bindStore(fs *flag.FlagSet) {
 }
 
 func (w *wiring) bindHTTP(fs *flag.FlagSet, def string) {
-	fs.StringVar(&w.httpAddr, "http-addr", def, "address of /healthz and /snapshots; empty turns HTTP off")
+	fs.StringVar(&w.httpAddr, "http-addr", def, "address of /healthz, /snapshots and /metrics; empty turns HTTP off")
 }
 
 // openStore connects the cache: Redis when a URL is set, else a KV bucket.
