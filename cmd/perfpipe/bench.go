@@ -22,6 +22,8 @@ type benchFlags struct {
 	msgSize        int
 	storeDir       string
 	external       bool
+	pipeline       bool
+	work           bench.PipelineConfig
 }
 
 func benchCommand(stdout io.Writer) *ffcli.Command {
@@ -36,6 +38,10 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 	fs.IntVar(&f.visibilityRuns, "visibility-runs", 20, "samples timed from record to snapshot")
 	fs.StringVar(&f.storeDir, "store-dir", "", "store of the embedded server; empty means a temporary folder")
 	fs.BoolVar(&f.external, "external-nats", false, "measure the server at --nats-url instead of an embedded one")
+	fs.BoolVar(&f.pipeline, "pipeline", true, "measure the work path: scheduler, batcher, agent")
+	fs.IntVar(&f.work.Items, "pipeline-items", 20_000, "no-op items in each work-path throughput run")
+	fs.IntVar(&f.work.BatchCount, "pipeline-batch-count", 32,
+		"items per batch in the batched work-path runs")
 
 	return &ffcli.Command{
 		Name:       "bench",
@@ -45,7 +51,10 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 			"baseline, the JetStream consume rate of this machine, and the rate at which\n" +
 			"timing samples go from producers through NATS into the aggregator's windows,\n" +
 			"all in one run. Runs against a fresh embedded NATS server unless\n" +
-			"--external-nats is given (then the server should hold no other telemetry).",
+			"--external-nats is given (then the server should hold no other telemetry).\n" +
+			"With --pipeline, it then times no-op work through scheduler, batcher and\n" +
+			"agent with and without batching, and the latency of each stage at half the\n" +
+			"batched rate; these runs always use fresh embedded servers, one per run.",
 		FlagSet: fs,
 		Options: envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
@@ -93,7 +102,21 @@ func runBench(ctx context.Context, w io.Writer, g *globals, f *benchFlags) error
 	fmt.Fprintf(w, "record to published snapshot, %d runs: p50 %s, p99 %s, max %s\n",
 		vis.Runs, vis.P50.Round(time.Millisecond), vis.P99.Round(time.Millisecond),
 		vis.Max.Round(time.Millisecond))
-	return nil
+	if !f.pipeline {
+		return nil
+	}
+	return printPipeline(ctx, w, f.work)
+}
+
+// printPipeline runs the work-path bench and prints its table.
+func printPipeline(ctx context.Context, w io.Writer, cfg bench.PipelineConfig) error {
+	fmt.Fprintf(w, "\nwork path, no-op items (sleep 0 ms) through scheduler, batcher and agent, "+
+		"%d items per throughput run, a fresh embedded server per run\n", cfg.Items)
+	res, err := bench.Pipeline(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return bench.PrintPipeline(w, res)
 }
 
 // printNatsBench prints `nats bench js consume` on the same server when
