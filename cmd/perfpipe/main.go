@@ -70,7 +70,7 @@ func newRoot(stdout io.Writer) *ffcli.Command {
 		Subcommands: []*ffcli.Command{
 			upCommand(), serverCommand(), schedulerCommand(), batcherCommand(), agentCommand(),
 			aggregatorCommand(), monitorCommand(), submitCommand(stdout), watchCommand(stdout), benchCommand(stdout),
-			deadCommand(stdout),
+			deadCommand(stdout), recurringCommand(stdout),
 		},
 		Exec: func(_ context.Context, args []string) error {
 			if len(args) > 0 {

@@ -82,7 +82,7 @@ func (w *wiring) bindAgent(fs *flag.FlagSet) {
 	fs.IntVar(&c.MaxAttempts, "attempts", agent.DefaultMaxAttempts,
 		"attempts per item for transient failures (1 means no retry)")
 	fs.DurationVar(&c.ItemTimeout, "item-timeout", agent.DefaultItemTimeout,
-		"longest time one item may run, retries included")
+		"longest time one run of an item may take")
 	fs.StringVar(&w.allowedHosts, "http-allowed-hosts", strings.Join(agent.DefaultAllowedHosts, ","),
 		"comma-separated hosts the http kind may call; * allows any")
 	fs.DurationVar(&c.HTTP.CacheTTL, "http-cache-ttl", 0, "how long http results stay cached; 0 = not cached")

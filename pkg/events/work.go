@@ -2,6 +2,7 @@ package events
 
 import (
 	"fmt"
+	"strconv"
 	"strings"
 	"time"
 )
@@ -50,7 +51,8 @@ type WorkRequest struct {
 	// ReplyTo, when set, also receives the result (core NATS).
 	ReplyTo string      `msgpack:"reply_to,omitempty" json:"reply_to,omitempty"`
 	Cache   CachePolicy `msgpack:"cache,omitempty" json:"cache,omitempty"`
-	// Attempt counts deliveries to a handler, starting at 1.
+	// Attempt is the run this request is for: 0 or 1 for the first, n for
+	// the retry the agent submits after run n-1 failed transiently.
 	Attempt int   `msgpack:"attempt,omitempty" json:"attempt,omitempty"`
 	Trace   Trace `msgpack:"trace,omitempty" json:"trace,omitempty"`
 }
@@ -163,6 +165,21 @@ func (*Result) EventType() Type { return TypeResult }
 // request ID is stored within the de-duplication window, whichever service
 // publishes it.
 func ResultMsgID(id string) string { return "result-" + id }
+
+// SubmitMsgID is the Nats-Msg-Id of attempt n of request id on the WORK
+// stream: the ID itself for the first attempt (n <= 1), and
+// "<id>.attempt<n>" for a retry, so that a retry is not dropped as a
+// copy of the first submission while a copy of the same retry is.
+func SubmitMsgID(id string, n int) string {
+	if n <= 1 {
+		return id
+	}
+	return id + ".attempt" + strconv.Itoa(n)
+}
+
+// ReadyMsgID is the Nats-Msg-Id of attempt n of request id on the READY
+// stream; it has the form of SubmitMsgID.
+func ReadyMsgID(id string, n int) string { return SubmitMsgID(id, n) }
 
 // DeadResult is the result of a request that went to the dead-letter
 // stream without a handler result: status dead, the reason first in Error.

@@ -9,7 +9,6 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/ThreeDotsLabs/watermill/message/router/middleware"
 	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 	"golang.org/x/sync/errgroup"
@@ -35,7 +34,6 @@ type Service struct {
 	log     *slog.Logger
 	timings *timing.Recorder
 	name    string
-	retry   middleware.Retry
 
 	// slots holds one token per busy worker.
 	slots chan struct{}
@@ -88,7 +86,6 @@ func New(
 		log:       log,
 		timings:   timings,
 		name:      name,
-		retry:     newRetry(cfg),
 		slots:     make(chan struct{}, cfg.Workers),
 		parked:    make(chan struct{}, cfg.Workers),
 		adm:       newAdmission(cfg.Admission, log),

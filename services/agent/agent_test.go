@@ -355,6 +355,7 @@ func TestAgentFailures(t *testing.T) {
 	conn := testenv.Conn(t, testenv.NATS(t))
 	res := collect[events.Result](t, conn, events.StreamResults)
 	dead := collect[events.DeadLetter](t, conn, events.StreamDead)
+	work := collect[events.WorkRequest](t, conn, events.StreamWork)
 
 	cfg := fastRetries()
 	reg := builtins(t, cfg)
@@ -373,8 +374,13 @@ func TestAgentFailures(t *testing.T) {
 	}
 	late := item("late", `{"ms": 1}`)
 	late.Deadline = time.Now().Add(-time.Second)
+	// The third run of an item with three attempts is its last.
+	lastTry := item("last-try", `{"ms": 1, "fail": "transient"}`)
+	lastTry.Attempt = 3
+	published := time.Now()
 	publishBatch(t, conn, "sleep",
 		item("transient", `{"ms": 1, "fail": "transient"}`),
+		lastTry,
 		item("permanent", `{"ms": 1, "fail": "permanent"}`),
 		late,
 		item("fine", `{"ms": 1}`))
@@ -388,15 +394,15 @@ func TestAgentFailures(t *testing.T) {
 		reason       string // of the dead letter; empty for none
 		deadAttempts int
 	}{
-		{"transient", events.StatusError, 3, "attempts exhausted", 3},
+		{"last-try", events.StatusError, 3, "attempts exhausted", 3},
 		{"permanent", events.StatusError, 1, "permanent failure", 1},
 		{"late", events.StatusDead, 0, "deadline passed", 0},
 		{"unknown", events.StatusDead, 0, "unknown kind", 0},
 		{"panic", events.StatusError, 1, "handler panic", 1},
 		{"fine", events.StatusOK, 1, "", 0},
 	}
-	got := waitResults(t, res, "transient", "permanent", "late", "unknown", "panic", "fine")
-	dls := deadByID(t, dead, "transient", "permanent", "late", "unknown", "panic", "")
+	got := waitResults(t, res, "last-try", "permanent", "late", "unknown", "panic", "fine")
+	dls := deadByID(t, dead, "last-try", "permanent", "late", "unknown", "panic", "")
 	for _, tt := range tests {
 		t.Run(tt.id, func(t *testing.T) {
 			r := got[tt.id]
@@ -432,6 +438,33 @@ func TestAgentFailures(t *testing.T) {
 			"on work.batch.sleep", dl.Reason, dl.Subject)
 	}
 	waitBatchesSettled(t, conn)
+	checkRetrySubmitted(t, work, results(t, res), published)
+}
+
+// checkRetrySubmitted checks that the item "transient" of TestAgentFailures
+// got no result but went back to the scheduler as attempt 2, due no
+// sooner than the smallest first backoff after it was published.
+func checkRetrySubmitted(t *testing.T, work *collector[events.WorkRequest],
+	got map[string]events.Result, published time.Time) {
+	t.Helper()
+	if r, ok := got["transient"]; ok {
+		t.Errorf("result of a transient failure with attempts left = %+v, want none", r)
+	}
+	testenv.WaitFor(t, waitTime, "a retry submitted", func() bool {
+		return len(work.all()) > 0
+	})
+	retries := work.all()
+	if len(retries) != 1 {
+		t.Fatalf("work submitted by the agent = %+v, want one retry", retries)
+	}
+	retry := retries[0]
+	minBackoff := fastRetries().RetryInitial / 2
+	if retry.ID != "transient" || retry.Attempt != 2 ||
+		retry.NotBefore.Before(published.Add(minBackoff)) {
+		t.Errorf("retry = id %s, attempt %d, not before %s; want transient, 2, "+
+			"not before %s", retry.ID, retry.Attempt, retry.NotBefore,
+			published.Add(minBackoff))
+	}
 }
 
 // waitBatchesSettled waits until the agent's consumer has nothing pending

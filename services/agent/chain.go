@@ -15,8 +15,10 @@ import (
 // run is how one item was answered: by its handler, through the
 // middleware, or from the result cache.
 type run struct {
-	output   events.Payload
-	err      error
+	output events.Payload
+	err    error
+	// attempts counts the handler's runs for the request, earlier
+	// attempts included; zero when it did not run (a cache hit).
 	attempts int
 	started  time.Time
 	// took is the handler time, zero for a cache hit.
@@ -24,42 +26,25 @@ type run struct {
 	cached bool
 }
 
-// newRetry returns the retry middleware for cfg: transient errors are
-// retried with exponential backoff and jitter, permanent ones and panics
-// are not.
-func newRetry(cfg Config) middleware.Retry {
-	return middleware.Retry{
-		MaxRetries:          cfg.MaxAttempts - 1,
-		InitialInterval:     cfg.RetryInitial,
-		MaxInterval:         cfg.RetryMax,
-		Multiplier:          2,
-		RandomizationFactor: 0.5,
-		ShouldRetry: func(p middleware.RetryParams) bool {
-			return !IsPermanent(p.Err) && !isPanic(p.Err)
-		},
-	}
-}
-
-// invoke runs h for req through watermill middleware, outermost first: a
-// timeout for the whole item, retries, and panic recovery per attempt.
-// The handler sees ctx, bounded by the timeout, through the message.
+// invoke runs h once for req through watermill middleware, outermost
+// first: a timeout and panic recovery. The handler sees ctx, bounded by the
+// timeout, through the message. A failed run is not retried here: the
+// caller submits a retry for later (see Service.fail), so that no worker
+// waits out a backoff.
 func (s *Service) invoke(ctx context.Context, h Handler, req *events.WorkRequest) run {
 	r := run{started: time.Now()}
 	attempt := func(msg *message.Message) ([]*message.Message, error) {
-		r.attempts++
-		req.Attempt = r.attempts
+		r.attempts = 1
 		out, err := h.Handle(msg.Context(), req)
 		r.output = out
 		if err != nil {
 			s.log.Debug("attempt failed", "id", req.ID, "kind", req.Kind,
-				"attempt", r.attempts, "err", err)
+				"attempt", req.Attempt, "err", err)
 		}
 		return nil, err
 	}
 
-	chain := middleware.Timeout(s.cfg.ItemTimeout)(
-		s.retry.Middleware(
-			middleware.Recoverer(attempt)))
+	chain := middleware.Timeout(s.cfg.ItemTimeout)(middleware.Recoverer(attempt))
 	_, r.err = chain(message.NewMessageWithContext(ctx, req.ID, nil))
 
 	r.took = time.Since(r.started)

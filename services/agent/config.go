@@ -17,8 +17,8 @@ const (
 	DefaultAckWait       = 30 * time.Second
 	DefaultPollWait      = 5 * time.Second
 	DefaultMaxAttempts   = 3
-	DefaultRetryInitial  = 100 * time.Millisecond
-	DefaultRetryMax      = 5 * time.Second
+	DefaultRetryInitial  = 200 * time.Millisecond
+	DefaultRetryMax      = 30 * time.Second
 	DefaultItemTimeout   = 30 * time.Second
 	DefaultDrainTimeout  = 10 * time.Second
 	DefaultCacheTimeout  = time.Second
@@ -64,19 +64,22 @@ type Config struct {
 	// Zero means 5 s.
 	PollWait time.Duration
 	// MaxAttempts is how many times an item's handler may run when it
-	// fails with transient errors; 1 means no retries. Zero means 3.
+	// fails with transient errors, for kinds whose RetryPolicy sets none;
+	// 1 means no retries. Zero means 3.
 	MaxAttempts int
-	// RetryInitial is the first backoff interval between attempts; later
-	// intervals double, with ±50% jitter, up to RetryMax. Zero means 100 ms.
-	//
-	// NOTE: watermill's Retry draws one backoff interval when it asks
-	// whether to retry and another before it waits, so the waits actually
-	// grow about fourfold: near 2, 8, 32... times RetryInitial.
+	// RetryInitial is the backoff after the first failed run, for kinds
+	// whose RetryPolicy sets none; later ones double, with ±50% jitter, up
+	// to RetryMax. A retry is submitted again to the scheduler, which
+	// holds it for the backoff; no worker waits. Zero means 200 ms.
 	RetryInitial time.Duration
-	// RetryMax caps the backoff interval. Zero means 5 s.
+	// RetryMax caps one backoff, for kinds whose RetryPolicy sets none.
+	// Zero means 30 s.
 	RetryMax time.Duration
-	// ItemTimeout bounds one item's handler time over all its attempts,
-	// backoff waits included. Zero means 30 s.
+	// KindRetry overrides, by kind and field by field, the kind's
+	// Options.Retry. Nil means no overrides.
+	KindRetry map[string]RetryPolicy
+	// ItemTimeout bounds one run of an item's handler; a run that times
+	// out is a transient failure. Zero means 30 s.
 	ItemTimeout time.Duration
 	// DrainTimeout is how long Run lets in-flight items finish after its
 	// context is cancelled; items still running then are stopped and
@@ -289,6 +292,14 @@ func (c Config) Validate() error {
 	if c.RetryMax != 0 && c.RetryMax < c.RetryInitial {
 		return fmt.Errorf("agent config: retry max %s below retry initial %s",
 			c.RetryMax, c.RetryInitial)
+	}
+	for kind, p := range c.KindRetry {
+		if !events.ValidToken(kind) {
+			return fmt.Errorf("agent config: kind retry %q: not a kind", kind)
+		}
+		if err := p.validate(); err != nil {
+			return fmt.Errorf("agent config: kind retry %s: %w", kind, err)
+		}
 	}
 	for kind, n := range c.KindConcurrency {
 		if !events.ValidToken(kind) || n < 0 {

@@ -10,12 +10,16 @@
 // built-in kinds (http, csv and sleep) and users add their own with
 // [Registry.Register].
 //
-// Each item runs through watermill middleware: a timeout for the whole
-// item, retries with exponential backoff and jitter for transient errors,
-// and panic recovery. A handler marks an error that no retry can fix with
-// [Permanent]; such an item, like one that used up its attempts, gets a
-// result with status error and a record on the dead-letter stream. Items of
-// an unknown kind or past their deadline are dead-lettered with status dead.
+// Each run of an item goes through watermill middleware: a timeout and
+// panic recovery. A transient failure is retried by each kind's
+// [RetryPolicy] (attempt limit, exponential backoff with jitter, a cap)
+// without holding a worker: the agent submits the item to the scheduler
+// again with the next attempt and NotBefore at the end of the backoff, and
+// publishes no result for it yet. A handler marks an error that no retry
+// can fix with [Permanent]; such an item, like one that used up its
+// attempts, gets a result with status error and a record on the
+// dead-letter stream. Items of an unknown kind or past their deadline are
+// dead-lettered with status dead.
 //
 // Results of kinds with a cache TTL are kept in a [cache.Store] under the
 // kind and a hash of the canonical payload; a repeated request is answered

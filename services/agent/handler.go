@@ -27,10 +27,10 @@ var (
 // Handler does the work of one kind.
 //
 // Handle gets the request, with Attempt set to the attempt number from 1,
-// and returns the output, a JSON document. An error is transient, and the
-// item is retried with backoff, unless it is marked with Permanent. A
-// handler must return soon after ctx is done, and may be called from many
-// goroutines at once.
+// and returns the output, a JSON document. An error is transient, unless it
+// is marked with Permanent: the item runs again after a backoff, by the
+// kind's RetryPolicy, possibly on another agent. A handler must return soon
+// after ctx is done, and may be called from many goroutines at once.
 type Handler interface {
 	Handle(ctx context.Context, req *events.WorkRequest) (events.Payload, error)
 }
@@ -78,6 +78,11 @@ type Options struct {
 	// Config.Workers; Config.KindConcurrency overrides it. Zero means no
 	// cap but Workers.
 	MaxConcurrent int
+	// Retry is how transient failures of the kind are retried;
+	// Config.KindRetry overrides it field by field. Zero fields take the
+	// agent-wide Config.MaxAttempts, RetryInitial and RetryMax, and a
+	// jitter of ±50%.
+	Retry RetryPolicy
 }
 
 // registered is a kind's handler with its options.
@@ -111,6 +116,9 @@ func (r *Registry) Register(kind string, h Handler, opts Options) error {
 	if opts.MaxConcurrent < 0 {
 		return fmt.Errorf("register %s: max concurrent is negative (%d)", kind,
 			opts.MaxConcurrent)
+	}
+	if err := opts.Retry.validate(); err != nil {
+		return fmt.Errorf("register %s: %w", kind, err)
 	}
 
 	r.mu.Lock()

@@ -16,7 +16,6 @@ const (
 	reasonPermanent = "permanent failure"
 	reasonPanic     = "handler panic"
 	reasonExhausted = "attempts exhausted"
-	reasonTimeout   = "item timeout"
 )
 
 // runItem takes one item to a published result. It returns false when the
@@ -38,15 +37,15 @@ func (s *Service) runItem(ctx context.Context, b *batchRun, req *events.WorkRequ
 		return s.giveUp(ctx, b, req, start, reasonUnknown, err)
 	}
 
+	req.Attempt = max(req.Attempt, 1)
 	r := s.execute(ctx, e, req)
 	if ctx.Err() != nil {
 		return false
 	}
+	// Runs before this one ended in a retry.
+	r.attempts += req.Attempt - 1
 	if r.err != nil {
-		reason := s.failureReason(r)
-		if !s.deadLetter(ctx, b, req, reason, r.err, r.attempts) {
-			return false
-		}
+		return s.fail(ctx, b, e, req, r)
 	}
 	return s.publish(ctx, req, s.result(req, r))
 }
@@ -65,17 +64,16 @@ func (s *Service) runHandler(ctx context.Context, e registered, req *events.Work
 	return r
 }
 
-// failureReason names why a run failed, for the dead-letter stream.
-func (s *Service) failureReason(r run) string {
+// failureReason names why a run failed for good, for the dead-letter
+// stream, or is empty for a transient failure, which may be retried.
+func failureReason(err error) string {
 	switch {
-	case isPanic(r.err):
+	case isPanic(err):
 		return reasonPanic
-	case IsPermanent(r.err):
+	case IsPermanent(err):
 		return reasonPermanent
-	case r.attempts >= s.cfg.MaxAttempts:
-		return reasonExhausted
 	}
-	return reasonTimeout
+	return ""
 }
 
 // giveUp dead-letters an item that gets no handler run and publishes its

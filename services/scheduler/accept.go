@@ -184,8 +184,13 @@ func (s *Service) schedule(ctx context.Context, msg jetstream.Msg,
 func (s *Service) admit(it *item, now time.Time) admission {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.held[it.req.ID] {
+	if s.held[heldKey(&it.req)] {
 		return admitDuplicate
+	}
+	if it.req.Attempt > 1 {
+		// A retry: the run before it has ended without a result, and a
+		// retry waiting for its backoff holds no credit.
+		s.land(it.req.ID)
 	}
 	s.q.promote(now)
 	if it.due.After(now) || s.q.readyLen() > 0 || !s.allows(it, now) {
@@ -193,6 +198,13 @@ func (s *Service) admit(it *item, now time.Time) admission {
 	}
 	s.reserve(it, now)
 	return admitRelease
+}
+
+// heldKey identifies one attempt of a request among the held items: a
+// redelivered WORK message of an attempt is a duplicate, a retry (the
+// agent's resubmission with the next attempt) is not.
+func heldKey(req *events.WorkRequest) string {
+	return events.ReadyMsgID(req.ID, req.Attempt)
 }
 
 // ack waits for the server to confirm the ack: a WORK message redelivered

@@ -11,6 +11,7 @@ import (
 const (
 	DefaultDurable          = "scheduler"
 	DefaultPendingBucket    = "perfpipe_scheduler_pending"
+	DefaultRecurringBucket  = "perfpipe_recurring"
 	DefaultMaxAckPending    = 4096
 	DefaultMaxInFlight      = 256
 	DefaultInFlightTimeout  = 2 * time.Minute
@@ -30,6 +31,11 @@ type Config struct {
 	// items until they are released. Zero means
 	// "perfpipe_scheduler_pending".
 	PendingBucket string
+
+	// RecurringBucket is the JetStream key-value bucket that holds the
+	// recurring work definitions and their last fired ticks; instances
+	// sharing it fire each tick once. Zero means "perfpipe_recurring".
+	RecurringBucket string
 
 	// MaxAckPending bounds the WORK messages delivered to this consumer
 	// and not yet acknowledged. Zero means 4096.
@@ -72,6 +78,9 @@ func (c Config) withDefaults() Config {
 	if c.PendingBucket == "" {
 		c.PendingBucket = DefaultPendingBucket
 	}
+	if c.RecurringBucket == "" {
+		c.RecurringBucket = DefaultRecurringBucket
+	}
 	if c.MaxAckPending == 0 {
 		c.MaxAckPending = DefaultMaxAckPending
 	}
@@ -101,6 +110,9 @@ func (c Config) Validate() error {
 	case !validName(c.PendingBucket):
 		return fmt.Errorf("scheduler config: pending bucket %q: want letters, digits, - or _",
 			c.PendingBucket)
+	case !validName(c.RecurringBucket):
+		return fmt.Errorf("scheduler config: recurring bucket %q: want letters, digits, - or _",
+			c.RecurringBucket)
 	case c.MaxAckPending < 0:
 		return fmt.Errorf("scheduler config: max ack pending %d is negative", c.MaxAckPending)
 	case c.InFlightTimeout < 0:

@@ -5,6 +5,7 @@ import (
 	"encoding/hex"
 	"errors"
 	"fmt"
+	"strconv"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -64,6 +65,11 @@ func (p *pendingStore) put(ctx context.Context, req *events.WorkRequest) (string
 		return "", fmt.Errorf("store pending %s: %w", req.ID, err)
 	}
 	key := pendingKey(req.ID)
+	if req.Attempt > 1 {
+		// A retry must not share the entry of an earlier attempt that
+		// is still there (its release removes that entry).
+		key += ".attempt" + strconv.Itoa(req.Attempt)
+	}
 	if _, err := p.kv.Put(ctx, key, data); err != nil {
 		return "", fmt.Errorf("store pending %s: %w", req.ID, err)
 	}

@@ -285,6 +285,8 @@ func TestConfig(t *testing.T) {
 		{name: "reserved priority 10", cfg: Config{ReservedPriority: 10}, wantErr: true},
 		{name: "negative reserved priority", cfg: Config{ReservedPriority: -1},
 			wantErr: true},
+		{name: "recurring bucket with a dot", cfg: Config{RecurringBucket: "a.b"},
+			wantErr: true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -298,7 +300,7 @@ func TestConfig(t *testing.T) {
 	got := Config{}.withDefaults()
 	want := Config{
 		Durable: "scheduler", PendingBucket: "perfpipe_scheduler_pending",
-		MaxAckPending: 4096, MaxInFlight: 256,
+		RecurringBucket: "perfpipe_recurring", MaxAckPending: 4096, MaxInFlight: 256,
 		InFlightTimeout: 2 * time.Minute, AgingInterval: 10 * time.Second,
 		ReservedPriority: 7,
 	}

@@ -46,13 +46,15 @@ func (s *Service) releaseDue(ctx context.Context) time.Duration {
 	return 0
 }
 
-// release publishes the item to READY with its ID as the message ID, then
-// removes it from the bucket. A crash in between releases it again after
-// the restart, and READY drops the copy.
+// release publishes the item to READY with its ID and attempt as the
+// message ID (events.ReadyMsgID), then removes it from the bucket. A
+// crash in between releases it again after the restart, and READY drops
+// the copy; a retry has its own message ID and is not dropped.
 func (s *Service) release(ctx context.Context, it *item) error {
 	req := it.req
 	req.Trace.Released = time.Now()
-	ack, err := s.conn.PublishAck(ctx, events.ReadySubject(req.Kind), &req, req.ID)
+	msgID := events.ReadyMsgID(req.ID, req.Attempt)
+	ack, err := s.conn.PublishAck(ctx, events.ReadySubject(req.Kind), &req, msgID)
 	if err != nil {
 		return err
 	}
@@ -70,7 +72,7 @@ func (s *Service) release(ctx context.Context, it *item) error {
 		"late", lateness(it.due, req.Trace.Released))
 
 	s.mu.Lock()
-	delete(s.held, req.ID)
+	delete(s.held, heldKey(&req))
 	s.backoff = 0
 	s.mu.Unlock()
 	if it.key == "" {

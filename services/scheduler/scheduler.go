@@ -81,7 +81,7 @@ type Service struct {
 
 	mu       sync.Mutex
 	q        *queue
-	held     map[string]bool   // IDs in q
+	held     map[string]bool   // heldKey of the items in q
 	inflight map[string]flight // released IDs holding credit
 	backoff  time.Duration     // the release loop's, after a failure
 	// lowInFlight counts the items in inflight below ReservedPriority.
@@ -142,6 +142,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { return s.rec.Run(gctx) })
 	g.Go(func() error { return s.consume(gctx, cons) })
 	g.Go(func() error { return s.releaseLoop(gctx) })
+	g.Go(func() error { return s.runRecurring(gctx) })
 	err = g.Wait()
 
 	s.flush()
@@ -238,14 +239,16 @@ func (s *Service) dropStored(ctx context.Context, e storedItem, err error) {
 	}
 }
 
-// hold adds it to the queue unless an item with its ID is there already.
+// hold adds it to the queue unless an item with its ID and attempt is
+// there already.
 func (s *Service) hold(it *item, now time.Time) {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.held[it.req.ID] {
+	key := heldKey(&it.req)
+	if s.held[key] {
 		return
 	}
-	s.held[it.req.ID] = true
+	s.held[key] = true
 	s.q.add(it, now)
 }
 

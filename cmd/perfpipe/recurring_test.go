@@ -1,0 +1,85 @@
+package main
+
+import (
+	"bytes"
+	"context"
+	"encoding/json"
+	"strings"
+	"testing"
+
+	"github.com/perfpipe/perfpipe/internal/testenv"
+	"github.com/perfpipe/perfpipe/services/scheduler"
+)
+
+func TestRecurringUsage(t *testing.T) {
+	tests := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"recurring alone", []string{"recurring"}, 0},
+		{"unknown command", []string{"recurring", "pause"}, 2},
+		{"add bad cron", []string{"recurring", "add", "--id", "x", "--cron", "* * *",
+			"--kind", "sleep"}, 2},
+		{"add every and cron", []string{"recurring", "add", "--id", "x", "--every", "1m",
+			"--cron", "@daily", "--kind", "sleep"}, 2},
+		{"add too often", []string{"recurring", "add", "--id", "x", "--every", "10ms",
+			"--kind", "sleep"}, 2},
+		{"add no kind", []string{"recurring", "add", "--id", "x", "--every", "1m"}, 2},
+		{"add bad payload", []string{"recurring", "add", "--id", "x", "--every", "1m",
+			"--kind", "sleep", "--payload", "{"}, 2},
+		{"remove no id", []string{"recurring", "remove"}, 2},
+		{"list bad output", []string{"recurring", "list", "--output", "xml"}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			if got := run(context.Background(), tt.args, &bytes.Buffer{}); got != tt.want {
+				t.Errorf("run(%q) = %d, want %d", tt.args, got, tt.want)
+			}
+		})
+	}
+}
+
+// TestRecurringAddListRemove round-trips a definition through the CLI
+// against an embedded server.
+func TestRecurringAddListRemove(t *testing.T) {
+	url := testenv.NATS(t)
+	ctx := context.Background()
+	cli := func(want int, args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		args = append(args, "--nats-url", url)
+		if got := run(ctx, args, &out); got != want {
+			t.Fatalf("run(%q) = %d, want %d; output %s", args, got, want, out.String())
+		}
+		return out.String()
+	}
+
+	cli(0, "recurring", "add", "--id", "nightly", "--cron", "0 3 * * *", "--kind", "sleep",
+		"--payload", `{"ms":5}`, "--priority", "2")
+	cli(0, "recurring", "add", "--id", "often", "--every", "1m", "--kind", "http")
+	cli(1, "recurring", "add", "--id", "often", "--every", "2m", "--kind", "http")
+	cli(0, "recurring", "add", "--id", "often", "--every", "2m", "--kind", "http", "--replace")
+
+	text := cli(0, "recurring", "list")
+	for _, want := range []string{"nightly", "0 3 * * *", "often", "every 2m0s"} {
+		if !strings.Contains(text, want) {
+			t.Errorf("list output lacks %q:\n%s", want, text)
+		}
+	}
+	var list []scheduler.RecurringInfo
+	if err := json.Unmarshal([]byte(cli(0, "recurring", "list", "--output", "json")),
+		&list); err != nil {
+		t.Fatal(err)
+	}
+	if len(list) != 2 || list[0].ID != "nightly" || list[0].Work.Priority != 2 ||
+		string(list[0].Work.Payload) != `{"ms":5}` {
+		t.Errorf("list = %+v, want nightly (priority 2, payload) and often", list)
+	}
+
+	cli(0, "recurring", "remove", "--id", "nightly")
+	cli(1, "recurring", "remove", "--id", "nightly")
+	if text := cli(0, "recurring", "list"); strings.Contains(text, "nightly") {
+		t.Errorf("list after remove still shows nightly:\n%s", text)
+	}
+}
