@@ -68,9 +68,11 @@ func newRoot(stdout io.Writer) *ffcli.Command {
 		LongHelp: "A work pipeline that measures itself. Start everything with `perfpipe up`,\n" +
 			"submit work with `perfpipe submit`, watch it with `perfpipe watch`.",
 		Subcommands: []*ffcli.Command{
-			upCommand(), serverCommand(), schedulerCommand(), batcherCommand(), agentCommand(),
-			aggregatorCommand(), monitorCommand(), submitCommand(stdout), watchCommand(stdout), benchCommand(stdout),
-			deadCommand(stdout), recurringCommand(stdout),
+			upCommand(), serverCommand(),
+			schedulerCommand(), batcherCommand(), agentCommand(), aggregatorCommand(),
+			monitorCommand(),
+			submitCommand(stdout), watchCommand(stdout), deadCommand(stdout),
+			recurringCommand(stdout), cacheCommand(stdout), benchCommand(stdout),
 		},
 		Exec: func(_ context.Context, args []string) error {
 			if len(args) > 0 {
