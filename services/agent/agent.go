@@ -113,7 +113,7 @@ func (s *Service) Run(ctx context.Context) error {
 	cons, err := s.conn.Consumer(ctx, events.StreamBatches, jetstream.ConsumerConfig{
 		Durable:       s.cfg.Durable,
 		FilterSubject: events.BatchAll,
-		AckWait:       s.cfg.AckWait,
+		AckWait:       s.durableAckWait(ctx),
 		MaxAckPending: s.cfg.MaxAckPending,
 	})
 	if err != nil {
@@ -155,6 +155,29 @@ func (s *Service) Run(ctx context.Context) error {
 	}
 	s.log.Info("agent stopped")
 	return nil
+}
+
+// durableAckWait is the ack wait to give the durable: Config.AckWait, or
+// the durable's own when that is longer. The agents already on the
+// durable report progress at a third of their own ack wait, so shortening
+// it under them would redeliver batches they are still running.
+func (s *Service) durableAckWait(ctx context.Context) time.Duration {
+	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	cons, err := s.conn.JS.Consumer(ctx, events.StreamBatches, s.cfg.Durable)
+	if err != nil {
+		// Usually not found: the durable is new. Otherwise creating it
+		// will fail and say why.
+		return s.cfg.AckWait
+	}
+	have := cons.CachedInfo().Config.AckWait
+	if have <= s.cfg.AckWait {
+		return s.cfg.AckWait
+	}
+	s.log.Warn("durable keeps its longer ack wait; to shorten it, delete the durable "+
+		"while no agent runs", "durable", s.cfg.Durable, "durable_ack_wait", have,
+		"ack_wait", s.cfg.AckWait)
+	return have
 }
 
 func (s *Service) admissionHost() string {

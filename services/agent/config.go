@@ -59,6 +59,11 @@ type Config struct {
 	// AckWait is how long NATS waits for a batch's ack before it delivers
 	// the batch again; a running batch reports progress every AckWait/3.
 	// Zero means 30 s.
+	//
+	// NOTE: the durable has one ack wait for every agent on it. An agent
+	// lengthens it but never shortens it, since the agents already on it
+	// report progress by their own, longer one; to shorten it, delete the
+	// durable while no agent runs.
 	AckWait time.Duration
 	// PollWait bounds one pull request when no batch is waiting.
 	// Zero means 5 s.
