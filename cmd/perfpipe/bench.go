@@ -2,6 +2,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"os"
@@ -24,6 +25,8 @@ type benchFlags struct {
 	external       bool
 	pipeline       bool
 	work           bench.PipelineConfig
+	lateness       bool
+	late           bench.LatenessConfig
 }
 
 func benchCommand(stdout io.Writer) *ffcli.Command {
@@ -42,6 +45,9 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 	fs.IntVar(&f.work.Items, "pipeline-items", 20_000, "no-op items in each work-path throughput run")
 	fs.IntVar(&f.work.BatchCount, "pipeline-batch-count", 32,
 		"items per batch in the batched work-path runs")
+	fs.BoolVar(&f.lateness, "lateness", true, "measure how late delayed items are released")
+	fs.IntVar(&f.late.Items, "lateness-items", 10_000,
+		"delayed items (1-5 s) in the lateness run")
 
 	return &ffcli.Command{
 		Name:       "bench",
@@ -54,7 +60,9 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 			"--external-nats is given (then the server should hold no other telemetry).\n" +
 			"With --pipeline, it then times no-op work through scheduler, batcher and\n" +
 			"agent with and without batching, and the latency of each stage at half the\n" +
-			"batched rate; these runs always use fresh embedded servers, one per run.",
+			"batched rate. With --lateness, it then submits delayed items (1 to 5 s) to a\n" +
+			"scheduler without a credit limit and prints how late they were released.\n" +
+			"These runs always use fresh embedded servers, one per run.",
 		FlagSet: fs,
 		Options: envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
@@ -102,10 +110,15 @@ func runBench(ctx context.Context, w io.Writer, g *globals, f *benchFlags) error
 	fmt.Fprintf(w, "record to published snapshot, %d runs: p50 %s, p99 %s, max %s\n",
 		vis.Runs, vis.P50.Round(time.Millisecond), vis.P99.Round(time.Millisecond),
 		vis.Max.Round(time.Millisecond))
-	if !f.pipeline {
+	if f.pipeline {
+		if err := printPipeline(ctx, w, f.work); err != nil {
+			return err
+		}
+	}
+	if !f.lateness {
 		return nil
 	}
-	return printPipeline(ctx, w, f.work)
+	return printLateness(ctx, w, f.late)
 }
 
 // printPipeline runs the work-path bench and prints its table.
@@ -117,6 +130,20 @@ func printPipeline(ctx context.Context, w io.Writer, cfg bench.PipelineConfig) e
 		return err
 	}
 	return bench.PrintPipeline(w, res)
+}
+
+// printLateness runs the lateness bench and prints its figures.
+func printLateness(ctx context.Context, w io.Writer, cfg bench.LatenessConfig) error {
+	fmt.Fprintf(w, "\nscheduler lateness, %d items delayed 1 to 5 s, shuffled, mixed priorities, "+
+		"no credit limit, a fresh embedded server\n", cfg.Items)
+	res, err := bench.Lateness(ctx, cfg)
+	if err != nil && !errors.Is(err, bench.ErrEarly) {
+		return err
+	}
+	if printErr := bench.PrintLateness(w, res); printErr != nil {
+		return printErr
+	}
+	return err // ErrEarly: the figures are printed, and the run fails
 }
 
 // printNatsBench prints `nats bench js consume` on the same server when
