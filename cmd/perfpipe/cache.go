@@ -25,8 +25,8 @@ func cacheCommand(stdout io.Writer) *ffcli.Command {
 		FlagSet:    fs,
 		Options:    envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
 			glob, err := invalidationPattern(*kind, *pattern)
 			if err != nil {

@@ -118,11 +118,11 @@ func deadListCommand(stdout io.Writer) *ffcli.Command {
 		FlagSet:    fs,
 		Options:    envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
-			if *output != "text" && *output != "json" {
-				return fmt.Errorf("%w: --output %q: want text or json", errUsage, *output)
+			if err := checkOutput(*output); err != nil {
+				return err
 			}
 			filter, err := f.filter(time.Now())
 			if err != nil {
@@ -225,8 +225,8 @@ func deadReplayCommand(stdout io.Writer) *ffcli.Command {
 		FlagSet: fs,
 		Options: envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
 			filter, err := f.filter(time.Now())
 			if err != nil {

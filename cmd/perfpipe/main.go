@@ -83,6 +83,22 @@ func newRoot(stdout io.Writer) *ffcli.Command {
 	}
 }
 
+// noArgs refuses positional arguments, which no command takes.
+func noArgs(args []string) error {
+	if len(args) > 0 {
+		return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+	}
+	return nil
+}
+
+// checkOutput accepts the two output formats of commands that print data.
+func checkOutput(format string) error {
+	if format != "text" && format != "json" {
+		return fmt.Errorf("%w: --output %q: want text or json", errUsage, format)
+	}
+	return nil
+}
+
 // globals are the flags every command that talks to NATS shares.
 type globals struct {
 	natsURL   string

@@ -80,8 +80,8 @@ func recurringAddCommand(stdout io.Writer) *ffcli.Command {
 		FlagSet:    fs,
 		Options:    envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
 			def, err := f.definition(time.Now())
 			if err != nil {
@@ -143,11 +143,11 @@ func recurringListCommand(stdout io.Writer) *ffcli.Command {
 		FlagSet:    fs,
 		Options:    envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
-			if *output != "text" && *output != "json" {
-				return fmt.Errorf("%w: --output %q: want text or json", errUsage, *output)
+			if err := checkOutput(*output); err != nil {
+				return err
 			}
 			return withRecurring(ctx, g, *bucket, func(s *scheduler.RecurringStore) error {
 				list, err := s.List(ctx)

@@ -339,8 +339,8 @@ func serviceCommand(name, help string, bind func(w *wiring, fs *flag.FlagSet)) *
 		FlagSet:    fs,
 		Options:    envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
 			return runServices(ctx, g, w, name)
 		},

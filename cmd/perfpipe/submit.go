@@ -57,8 +57,8 @@ func submitCommand(stdout io.Writer) *ffcli.Command {
 		FlagSet:    fs,
 		Options:    envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
 			return runSubmit(ctx, stdout, g, f)
 		},
@@ -117,8 +117,8 @@ func runSubmit(ctx context.Context, stdout io.Writer, g *globals, f *submitFlags
 
 // requests builds the work requests from the flags or the file.
 func (f *submitFlags) requests() ([]*events.WorkRequest, error) {
-	if f.output != "text" && f.output != "json" {
-		return nil, fmt.Errorf("%w: --output %q: want text or json", errUsage, f.output)
+	if err := checkOutput(f.output); err != nil {
+		return nil, err
 	}
 	if f.rate < 0 {
 		return nil, fmt.Errorf("%w: --rate %v: want 0 (no limit) or more", errUsage, f.rate)

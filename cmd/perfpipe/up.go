@@ -44,8 +44,8 @@ func upCommand() *ffcli.Command {
 		FlagSet: fs,
 		Options: envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
 			names, err := pickServices(*only)
 			if err != nil {
@@ -116,8 +116,8 @@ func serverCommand() *ffcli.Command {
 		FlagSet: fs,
 		Options: envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
-			if len(args) > 0 {
-				return fmt.Errorf("%w: unexpected arguments %q", errUsage, args)
+			if err := noArgs(args); err != nil {
+				return err
 			}
 			srv, err := startBroker(*listen, *storeDir)
 			if err != nil {
