@@ -123,12 +123,12 @@ func TestDeadListReplay(t *testing.T) {
 	}
 
 	out = cli(0, "dead", "replay", "--id", "job-1,job-3", "--dry-run")
-	if !strings.Contains(out, "would replay to work.submit.sleep as job-1.replay.1") ||
+	if !strings.Contains(out, "would replay to work.submit.sleep as job-1.replay1") ||
 		!strings.Contains(out, "would replay 1, not replayable 1") {
 		t.Errorf("dry run output:\n%s", out)
 	}
 	out = cli(0, "dead", "replay", "--id", "job-1", "--id", "job-3")
-	if !strings.Contains(out, "seq 1 job-1: replayed to work.submit.sleep as job-1.replay.1") ||
+	if !strings.Contains(out, "seq 1 job-1: replayed to work.submit.sleep as job-1.replay1") ||
 		!strings.Contains(out, "seq 3 job-3: not replayable: no original message") ||
 		!strings.Contains(out, "replayed 1, duplicate 0, not replayable 1, failed 0") {
 		t.Errorf("replay output:\n%s", out)

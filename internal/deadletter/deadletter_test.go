@@ -274,8 +274,8 @@ func TestReplay(t *testing.T) {
 		}
 	}
 	checkWorkMsgs(t, conn, 2)
-	checkReplayed(t, conn, 1, "work.submit.sleep", "a1.replay.1", "a1")
-	checkReplayed(t, conn, 2, "work.submit.http", "a2.replay.2", "a2")
+	checkReplayed(t, conn, 1, "work.submit.sleep", "a1.replay1", "a1")
+	checkReplayed(t, conn, 2, "work.submit.http", "a2.replay2", "a2")
 
 	second, err := Replay(ctx, conn, entries[:2], ReplayOptions{Delete: true})
 	if err != nil {

@@ -56,21 +56,14 @@ type Outcome struct {
 	Err     error `json:"-"`
 }
 
-// MsgID is the Nats-Msg-Id of the replay of the dead letter at seq: the
-// work stream stores one replay of it per de-duplication window.
-func MsgID(id string, seq uint64) string {
-	return id + ".replay." + strconv.FormatUint(seq, 10)
-}
-
 // Replay publishes the work request of each entry back to
 // events.SubmitSubject(kind), with its attempt count and trace reset, and
 // returns one outcome per entry in order. It returns an error, with the
 // outcomes so far, only when ctx ends or the stream cannot be reached for
 // deletes; a failure of one entry is in its outcome.
-//
-// NOTE: the ready and results streams de-duplicate by request ID as well,
-// so a request released or given a dead result less than bus.DedupWindow
-// ago is dropped there or loses its result; replay it after the window.
+// The replayed request carries the dead letter's sequence (Replay), which
+// is part of its message IDs on every stream, so the ready and results
+// streams do not take it for the original.
 func Replay(ctx context.Context, conn *bus.Conn, entries []Entry,
 	opts ReplayOptions) ([]Outcome, error) {
 	var dead jetstream.Stream
@@ -101,7 +94,7 @@ func replayOne(ctx context.Context, conn *bus.Conn, dead jetstream.Stream, e Ent
 		out.Status, out.Reason = StatusNotReplayable, err.Error()
 		return out
 	}
-	out.Subject, out.MsgID = events.SubmitSubject(req.Kind), MsgID(req.ID, e.Seq)
+	out.Subject, out.MsgID = events.SubmitSubject(req.Kind), events.SubmitMsgID(req)
 	if opts.DryRun {
 		out.Status = StatusWouldReplay
 		return out
@@ -158,6 +151,7 @@ func Request(e Entry, now time.Time) (*events.WorkRequest, error) {
 	}
 
 	req.Attempt = 0
+	req.Replay = e.Seq
 	req.Trace = events.Trace{Submitted: now}
 	return req, nil
 }

@@ -53,8 +53,12 @@ type WorkRequest struct {
 	Cache   CachePolicy `msgpack:"cache,omitempty" json:"cache,omitempty"`
 	// Attempt is the run this request is for: 0 or 1 for the first, n for
 	// the retry the agent submits after run n-1 failed transiently.
-	Attempt int   `msgpack:"attempt,omitempty" json:"attempt,omitempty"`
-	Trace   Trace `msgpack:"trace,omitempty" json:"trace,omitempty"`
+	Attempt int `msgpack:"attempt,omitempty" json:"attempt,omitempty"`
+	// Replay is the dead-letter stream sequence this request was replayed
+	// from, or zero. It is part of the request's message IDs, so that a
+	// replay is not taken for a duplicate of the original.
+	Replay uint64 `msgpack:"replay,omitempty" json:"replay,omitempty"`
+	Trace  Trace  `msgpack:"trace,omitempty" json:"trace,omitempty"`
 }
 
 // EventType implements Event.
@@ -162,24 +166,33 @@ type Result struct {
 func (*Result) EventType() Type { return TypeResult }
 
 // ResultMsgID is the Nats-Msg-Id of a request's result: one result per
-// request ID is stored within the de-duplication window, whichever service
-// publishes it.
-func ResultMsgID(id string) string { return "result-" + id }
+// request ID (and replay) is stored within the de-duplication window,
+// whichever service publishes it.
+func ResultMsgID(req *WorkRequest) string { return "result-" + replayID(req) }
 
-// SubmitMsgID is the Nats-Msg-Id of attempt n of request id on the WORK
-// stream: the ID itself for the first attempt (n <= 1), and
-// "<id>.attempt<n>" for a retry, so that a retry is not dropped as a
-// copy of the first submission while a copy of the same retry is.
-func SubmitMsgID(id string, n int) string {
-	if n <= 1 {
+// SubmitMsgID is the Nats-Msg-Id of req on the WORK stream: its ID for the
+// first attempt, "<id>.attempt<n>" for a retry, and ".replay<seq>" in
+// between for a request replayed from dead letter seq. A retry or a replay
+// is thus not dropped as a copy of the original, while a copy of the same
+// retry or replay is.
+func SubmitMsgID(req *WorkRequest) string {
+	id := replayID(req)
+	if req.Attempt <= 1 {
 		return id
 	}
-	return id + ".attempt" + strconv.Itoa(n)
+	return id + ".attempt" + strconv.Itoa(req.Attempt)
 }
 
-// ReadyMsgID is the Nats-Msg-Id of attempt n of request id on the READY
-// stream; it has the form of SubmitMsgID.
-func ReadyMsgID(id string, n int) string { return SubmitMsgID(id, n) }
+// ReadyMsgID is the Nats-Msg-Id of req on the READY stream; it has the
+// form of SubmitMsgID.
+func ReadyMsgID(req *WorkRequest) string { return SubmitMsgID(req) }
+
+func replayID(req *WorkRequest) string {
+	if req.Replay == 0 {
+		return req.ID
+	}
+	return req.ID + ".replay" + strconv.FormatUint(req.Replay, 10)
+}
 
 // DeadResult is the result of a request that went to the dead-letter
 // stream without a handler result: status dead, the reason first in Error.

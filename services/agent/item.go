@@ -165,7 +165,7 @@ func between(a, b time.Time) events.Duration {
 func (s *Service) publish(ctx context.Context, req *events.WorkRequest, res *events.Result) bool {
 	msgID := ""
 	if res.ID != "" {
-		msgID = events.ResultMsgID(res.ID)
+		msgID = events.ResultMsgID(req)
 	}
 	if err := s.conn.Publish(ctx, events.ResultSubject(res.Kind), res, msgID); err != nil {
 		s.log.Warn("result not published, batch will be redelivered", "id", res.ID,

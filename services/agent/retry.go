@@ -138,7 +138,7 @@ func (s *Service) retryLater(ctx context.Context, req *events.WorkRequest,
 	next.Delay = 0
 	next.Trace = events.Trace{Submitted: req.Trace.Submitted}
 
-	msgID := events.SubmitMsgID(req.ID, next.Attempt)
+	msgID := events.SubmitMsgID(&next)
 	if err := s.conn.Publish(ctx, events.SubmitSubject(req.Kind), &next, msgID); err != nil {
 		s.log.Warn("retry not submitted, batch will be redelivered", "id", req.ID,
 			"attempt", next.Attempt, "err", err)

@@ -214,7 +214,7 @@ func TestRunAdaptiveShrinksOnSlowResults(t *testing.T) {
 			Started: now, Finished: now.Add(100 * time.Millisecond),
 		}
 		err := conn.Publish(context.Background(), events.ResultSubject("alpha"), res,
-			events.ResultMsgID(id))
+			events.ResultMsgID(&events.WorkRequest{ID: id}))
 		if err != nil {
 			t.Fatalf("publish result %s: %v", id, err)
 		}

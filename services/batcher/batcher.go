@@ -352,7 +352,7 @@ func (s *Service) deadLetter(ctx context.Context, msg jetstream.Msg,
 		res := events.DeadResult(req, dl.Reason, cause, time.Now())
 		res.Kind = dl.Kind
 		if err := s.conn.Publish(ctx, events.ResultSubject(dl.Kind), res,
-			events.ResultMsgID(req.ID)); err != nil {
+			events.ResultMsgID(req)); err != nil {
 			s.log.Warn("dead result not published", "id", req.ID, "err", err)
 		}
 	}

@@ -141,7 +141,7 @@ func (s *Service) publishDead(ctx context.Context, kind string, req *events.Work
 	rej *rejection) error {
 	res := events.DeadResult(req, rej.reason, rej.err, time.Now())
 	res.Kind = kind
-	return s.conn.Publish(ctx, events.ResultSubject(kind), res, events.ResultMsgID(req.ID))
+	return s.conn.Publish(ctx, events.ResultSubject(kind), res, events.ResultMsgID(req))
 }
 
 // schedule releases req at once when it is due, nothing due waits before
@@ -204,7 +204,7 @@ func (s *Service) admit(it *item, now time.Time) admission {
 // redelivered WORK message of an attempt is a duplicate, a retry (the
 // agent's resubmission with the next attempt) is not.
 func heldKey(req *events.WorkRequest) string {
-	return events.ReadyMsgID(req.ID, req.Attempt)
+	return events.ReadyMsgID(req)
 }
 
 // ack waits for the server to confirm the ack: a WORK message redelivered

@@ -53,7 +53,7 @@ func (s *Service) releaseDue(ctx context.Context) time.Duration {
 func (s *Service) release(ctx context.Context, it *item) error {
 	req := it.req
 	req.Trace.Released = time.Now()
-	msgID := events.ReadyMsgID(req.ID, req.Attempt)
+	msgID := events.ReadyMsgID(&req)
 	ack, err := s.conn.PublishAck(ctx, events.ReadySubject(req.Kind), &req, msgID)
 	if err != nil {
 		return err

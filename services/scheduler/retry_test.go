@@ -26,7 +26,7 @@ func TestRetryReleasedAfterFirstAttempt(t *testing.T) {
 
 	notBefore := time.Now().Add(300 * time.Millisecond)
 	retry := &events.WorkRequest{ID: "r1", Kind: testKind, Attempt: 2, NotBefore: notBefore}
-	submitAs(t, client, retry, events.SubmitMsgID("r1", 2))
+	submitAs(t, client, retry, events.SubmitMsgID(&events.WorkRequest{ID: "r1", Attempt: 2}))
 	submitAs(t, client, retry, "r1.attempt2.copy")
 
 	got := ready.wait(t, 2)
