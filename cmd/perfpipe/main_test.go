@@ -144,6 +144,9 @@ func TestUpSubmitWatch(t *testing.T) {
 	if code := run(context.Background(), submitFile, &out); code != 0 {
 		t.Fatalf("first submit of fixed-1 exited %d", code)
 	}
+	if !strings.Contains(out.String(), `"slept_ms": 1`) {
+		t.Errorf("a single submit does not show its output:\n%s", out.String())
+	}
 	out.Reset()
 	start := time.Now()
 	if code := run(context.Background(), submitFile, &out); code != 0 ||

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bufio"
+	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -257,6 +258,7 @@ type tally struct {
 	results, ok, failed, dead, cached, dups int
 	endToEnd, run                           quantile.Summary
 	failures                                []Failure
+	first                                   events.Payload // output of the first result
 }
 
 // maxFailures bounds the failures a summary lists.
@@ -323,6 +325,9 @@ func (t *tally) add(r *events.Result) {
 	default:
 		t.failed++
 	}
+	if t.results == 1 {
+		t.first = r.Output
+	}
 	if r.Status != events.StatusOK && len(t.failures) < maxFailures {
 		t.failures = append(t.failures, Failure{ID: r.ID, Status: string(r.Status), Error: r.Error})
 	}
@@ -349,6 +354,8 @@ type Summary struct {
 	EndToEnd  map[string]float64 `json:"end_to_end_ms"`
 	Run       map[string]float64 `json:"run_ms"`
 	Failures  []Failure          `json:"failures,omitempty"`
+	// Output is the result's output when one request was submitted.
+	Output events.Payload `json:"output,omitempty"`
 }
 
 func quantiles(s *quantile.Summary) map[string]float64 {
@@ -369,6 +376,9 @@ func (t *tally) report(w io.Writer, format string, elapsed time.Duration) error 
 		Seconds: elapsed.Seconds(), EndToEnd: quantiles(&t.endToEnd), Run: quantiles(&t.run),
 		Failures: t.failures,
 	}
+	if s.Submitted == 1 {
+		s.Output = t.first
+	}
 	if format == "json" {
 		if err := json.NewEncoder(w).Encode(s); err != nil {
 			return err
@@ -383,6 +393,12 @@ func (t *tally) report(w io.Writer, format string, elapsed time.Duration) error 
 		}
 		for _, f := range s.Failures {
 			fmt.Fprintf(w, "%s  %s: %s\n", f.Status, f.ID, f.Error)
+		}
+		if len(s.Output) > 0 {
+			var pretty bytes.Buffer
+			if json.Indent(&pretty, s.Output, "", "  ") == nil {
+				fmt.Fprintf(w, "output:\n%s\n", pretty.Bytes())
+			}
 		}
 		for _, row := range []struct {
 			name string
