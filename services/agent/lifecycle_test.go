@@ -175,6 +175,22 @@ func lifecycleConfig(name string) agent.Config {
 		Admission: agent.AdmissionConfig{Disabled: true}}
 }
 
+// stopWithinDrain stops a and checks that Run returned within the drain
+// timeout plus a margin for a loaded machine.
+func stopWithinDrain(t *testing.T, a *killable, drain time.Duration) {
+	t.Helper()
+	start := time.Now()
+	if err := a.stop(); err != nil {
+		t.Fatalf("Run() error = %v", err)
+	}
+	took := time.Since(start)
+	t.Logf("Run returned %s after cancel", took.Round(time.Millisecond))
+	if limit := drain + 2*time.Second; took > limit {
+		t.Errorf("Run returned %s after cancel, want within %s (drain timeout + 2 s)",
+			took, limit)
+	}
+}
+
 // TestAgentCloseFinishesInFlightItems closes an agent running ten 2 s
 // items: Run waits for them, each publishes one result, none runs twice.
 func TestAgentCloseFinishesInFlightItems(t *testing.T) {
@@ -192,16 +208,7 @@ func TestAgentCloseFinishesInFlightItems(t *testing.T) {
 		return tr.running.Load() == 10
 	})
 
-	start := time.Now()
-	if err := a.stop(); err != nil {
-		t.Fatalf("Run() error = %v", err)
-	}
-	took := time.Since(start)
-	t.Logf("Run returned %s after cancel", took.Round(time.Millisecond))
-	if limit := cfg.DrainTimeout + 2*time.Second; took > limit {
-		t.Errorf("Run returned %s after cancel, want within %s (drain timeout + 2 s)",
-			took, limit)
-	}
+	stopWithinDrain(t, a, cfg.DrainTimeout)
 
 	checkOneOK(t, client, waitResults(t, res, ids...), "agent-1", ids)
 	for _, id := range ids {
@@ -234,16 +241,7 @@ func TestAgentCloseAfterDrainTimeoutLosesNothing(t *testing.T) {
 		return tr1.running.Load() == 10
 	})
 
-	start := time.Now()
-	if err := a.stop(); err != nil {
-		t.Fatalf("Run() error = %v", err)
-	}
-	took := time.Since(start)
-	t.Logf("Run returned %s after cancel", took.Round(time.Millisecond))
-	if limit := cfg.DrainTimeout + 2*time.Second; took > limit {
-		t.Errorf("Run returned %s after cancel, want within %s (drain timeout + 2 s)",
-			took, limit)
-	}
+	stopWithinDrain(t, a, cfg.DrainTimeout)
 	if n := storedResults(t, client); n != 0 {
 		t.Errorf("results of items stopped by the drain: %d, want none", n)
 	}
