@@ -51,6 +51,8 @@ func (w *wiring) bindScheduler(fs *flag.FlagSet) {
 		"part of --max-in-flight only items of --reserved-priority or higher may use")
 	fs.IntVar(&c.ReservedPriority, "reserved-priority", scheduler.DefaultReservedPriority,
 		"lowest priority (1-9) that may use the reserved in-flight credit")
+	fs.StringVar(&c.RecurringBucket, "recurring-bucket", scheduler.DefaultRecurringBucket,
+		"key-value bucket of the recurring definitions (perfpipe recurring --bucket)")
 }
 
 func (w *wiring) bindBatcher(fs *flag.FlagSet) {

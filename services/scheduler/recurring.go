@@ -34,8 +34,9 @@ type lastTick struct {
 }
 
 // recurrer submits the work of recurring definitions at their ticks. It
-// mirrors the bucket through a watch; the bucket, not this copy, decides
-// which instance fires a tick.
+// mirrors the bucket through a watch. Instances that fire the same tick
+// submit it under one message ID, which the WORK stream de-duplicates,
+// and the bucket records it as fired once.
 type recurrer struct {
 	s     *Service
 	store *RecurringStore
@@ -182,32 +183,36 @@ func (r *recurrer) after(id string) time.Time {
 	return rc.def.Created
 }
 
-// fire claims tick for this instance and submits its work. When another
-// instance claimed it first, it only learns the new last tick. When the
-// submission fails, the claim is given back so that the tick fires later.
+// fire submits the work of tick and then claims the tick in the bucket.
+// The submission's message ID is the tick's request ID, so the WORK
+// stream keeps one copy when several instances fire the same tick, or
+// when an instance fires a tick again because it died between submitting
+// and claiming. Claiming first would lose the tick in that case. The
+// instance that loses the claim only learns the new last tick.
 func (r *recurrer) fire(ctx context.Context, rc *recurring, tick time.Time) error {
 	ctx, cancel := context.WithTimeout(ctx, msgTimeout)
 	defer cancel()
-	id, prev := rc.def.ID, r.lasts[rc.def.ID]
+	id := rc.def.ID
 
-	rev, err := r.store.claim(ctx, id, tick, prev.rev)
+	req := rc.def.Request(tick)
+	req.Trace.Submitted = time.Now()
+	err := r.s.conn.Publish(ctx, events.SubmitSubject(req.Kind), req, events.SubmitMsgID(req))
+	r.s.rec.Since(opRecur, tick, err)
+	if err != nil {
+		return err
+	}
+
+	rev, err := r.store.claim(ctx, id, tick, r.lasts[id].rev)
 	if errors.Is(err, errClaimLost) {
 		r.s.log.Debug("recurring tick claimed elsewhere", "id", id, "tick", tick)
 		return r.refresh(ctx, id)
 	}
 	if err != nil {
+		// Submitted but not recorded: the retry submits the same
+		// message ID, which the stream drops, and claims again.
 		return err
 	}
 	r.lasts[id] = lastTick{at: tick, rev: rev}
-
-	req := rc.def.Request(tick)
-	req.Trace.Submitted = time.Now()
-	err = r.s.conn.Publish(ctx, events.SubmitSubject(req.Kind), req, req.ID)
-	r.s.rec.Since(opRecur, tick, err)
-	if err != nil {
-		r.unclaim(id, prev, rev)
-		return err
-	}
 	r.s.log.Debug("recurring work submitted", "id", req.ID, "kind", req.Kind,
 		"late", time.Since(tick))
 	return nil
@@ -223,27 +228,6 @@ func (r *recurrer) refresh(ctx context.Context, id string) error {
 		r.lasts[id] = lastTick{at: at, rev: rev}
 	}
 	return nil
-}
-
-// unclaim puts back the last fired tick that fire replaced at revision
-// rev, unless another instance moved it since.
-func (r *recurrer) unclaim(id string, prev lastTick, rev uint64) {
-	ctx, cancel := context.WithTimeout(context.Background(), msgTimeout)
-	defer cancel()
-	key := lastPrefix + id
-	var err error
-	var back uint64
-	if prev.at.IsZero() {
-		err = r.store.kv.Delete(ctx, key, jetstream.LastRevision(rev))
-	} else {
-		back, err = r.store.kv.Update(ctx, key, encodeLast(prev.at), rev)
-	}
-	if err != nil {
-		r.s.log.Error("recurring tick claimed but not submitted; it is skipped",
-			"id", id, "err", err)
-		return
-	}
-	r.lasts[id] = lastTick{at: prev.at, rev: back}
 }
 
 // nextWake is when the earliest definition fires next.

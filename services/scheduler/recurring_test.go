@@ -6,51 +6,54 @@ import (
 	"slices"
 	"strconv"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
-	"github.com/nats-io/nats.go"
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/internal/testenv"
 	"github.com/perfpipe/perfpipe/pkg/events"
 )
 
-// submissions records every publish on the submit subject of testKind,
-// duplicates included: core NATS sees a copy that the stream drops.
+// submissions records the submissions of testKind that the WORK stream
+// stored: a copy that the stream dropped as a duplicate is not there.
 type submissions struct {
-	mu   sync.Mutex
-	reqs []events.WorkRequest
+	c  *bus.Conn
+	tl *tail
 }
 
 func watchSubmits(t testing.TB, c *bus.Conn) *submissions {
 	t.Helper()
-	subs := &submissions{}
-	sub, err := c.NC.Subscribe(events.SubmitSubject(testKind), func(m *nats.Msg) {
-		var req events.WorkRequest
-		if err := events.Unmarshal(m.Data, &req); err != nil {
-			t.Errorf("submitted message: %v", err)
-			return
-		}
-		subs.mu.Lock()
-		defer subs.mu.Unlock()
-		subs.reqs = append(subs.reqs, req)
-	})
-	if err != nil {
-		t.Fatalf("subscribe: %v", err)
-	}
-	if err := c.NC.Flush(); err != nil {
-		t.Fatalf("flush: %v", err)
-	}
-	t.Cleanup(func() { _ = sub.Unsubscribe() })
-	return subs
+	return &submissions{c: c, tl: follow(t, c, events.StreamWork, events.SubmitSubject(testKind))}
 }
 
-func (s *submissions) all() []events.WorkRequest {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return slices.Clone(s.reqs)
+// all returns the stored submissions once the tail has read as many as
+// the stream holds.
+func (s *submissions) all(t testing.TB) []events.WorkRequest {
+	t.Helper()
+	subject := events.SubmitSubject(testKind)
+	testenv.WaitFor(t, waitTimeout, "the tail of "+subject, func() bool {
+		st, err := s.c.JS.Stream(context.Background(), events.StreamWork)
+		if err != nil {
+			t.Fatalf("stream %s: %v", events.StreamWork, err)
+		}
+		info, err := st.Info(context.Background(), jetstream.WithSubjectFilter(subject))
+		if err != nil {
+			t.Fatalf("stream info %s: %v", events.StreamWork, err)
+		}
+		return uint64(len(s.tl.all())) >= info.State.Subjects[subject]
+	})
+	var out []events.WorkRequest
+	for _, m := range s.tl.all() {
+		var req events.WorkRequest
+		if err := events.Unmarshal(m.data, &req); err != nil {
+			t.Errorf("submitted message: %v", err)
+			continue
+		}
+		out = append(out, req)
+	}
+	return out
 }
 
 // ticks returns the tick of each submission, checking its ID and
@@ -59,7 +62,7 @@ func (s *submissions) ticks(t testing.TB, def string) []time.Time {
 	t.Helper()
 	seen := map[string]bool{}
 	var out []time.Time
-	for _, req := range s.all() {
+	for _, req := range s.all(t) {
 		if seen[req.ID] {
 			t.Errorf("tick %s submitted twice", req.ID)
 		}
@@ -135,7 +138,7 @@ func TestRecurringEverySecond(t *testing.T) {
 	testenv.WaitFor(t, waitTimeout, "submissions in WORK", func() bool {
 		return streamCount(t, work, "tick") == len(ticks)
 	})
-	if got := subs.all()[0]; got.Priority != 3 || string(got.Payload) != `{"n":1}` {
+	if got := subs.all(t)[0]; got.Priority != 3 || string(got.Payload) != `{"n":1}` {
 		t.Errorf("request = priority %d payload %s, want the template's", got.Priority,
 			got.Payload)
 	}
@@ -178,6 +181,47 @@ func TestRecurringRestarts(t *testing.T) {
 	}
 	if len(ticks) < len(expect) || !slices.EqualFunc(ticks[:len(expect)], expect, time.Time.Equal) {
 		t.Errorf("ticks fired = %v, want each of %v once", ticks, expect)
+	}
+}
+
+// TestRecurringSubmittedNotClaimed starts a scheduler after an instance
+// submitted a tick and died before it claimed it: the tick is fired
+// again, the stream keeps one copy and the bucket records the tick.
+func TestRecurringSubmittedNotClaimed(t *testing.T) {
+	url := testenv.NATS(t)
+	conn := testenv.Conn(t, url)
+	subs := watchSubmits(t, conn)
+	ctx := context.Background()
+	store, err := OpenRecurring(ctx, conn.JS, DefaultRecurringBucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := &events.Recurring{
+		ID: "orphan", Every: events.Duration(time.Hour),
+		Created: time.Now().Add(-61 * time.Minute).Truncate(time.Second),
+		Work:    events.WorkTemplate{Kind: testKind},
+	}
+	if err := store.Put(ctx, def); err != nil {
+		t.Fatal(err)
+	}
+	tick := def.Created.Add(time.Hour)
+	req := def.Request(tick)
+	if err := conn.Publish(ctx, events.SubmitSubject(testKind), req,
+		events.SubmitMsgID(req)); err != nil {
+		t.Fatal(err)
+	}
+
+	r := start(t, url, Config{})
+	testenv.WaitFor(t, waitTimeout, "the tick recorded as fired", func() bool {
+		list, err := store.List(ctx)
+		return err == nil && len(list) == 1 && list[0].LastFired.Equal(tick)
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
+	ticks := subs.ticks(t, def.ID) // fails on a tick stored twice
+	if len(ticks) != 1 || !ticks[0].Equal(tick) {
+		t.Errorf("ticks stored = %v, want %v once", ticks, tick)
 	}
 }
 
@@ -278,7 +322,7 @@ func TestRecurringPaused(t *testing.T) {
 	if err := r.stop(); err != nil {
 		t.Fatal(err)
 	}
-	if got := subs.all(); len(got) != 0 {
+	if got := subs.all(t); len(got) != 0 {
 		t.Errorf("paused definition submitted %d requests, want none", len(got))
 	}
 }
