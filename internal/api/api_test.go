@@ -107,8 +107,8 @@ func TestMetrics(t *testing.T) {
 	text := string(body)
 
 	for _, want := range []string{
-		`perfpipe_latency_ms{op="http",quantile="0.95",service="agent"} 12.5`,
-		`perfpipe_latency_ms{op="http",quantile="0.99",service="agent"} 40`,
+		`perfpipe_latency_seconds{op="http",quantile="0.95",service="agent"} 0.0125`,
+		`perfpipe_latency_seconds{op="http",quantile="0.99",service="agent"} 0.04`,
 		`perfpipe_window_samples{op="http",service="agent"} 3`,
 		`perfpipe_samples_total{op="http",service="agent"} 7`,
 		`perfpipe_dropped_total{op="http",reason="late",service="agent"} 2`,

@@ -20,9 +20,9 @@ type CounterSource interface {
 type Collector struct {
 	src SnapshotSource
 
-	count, errors, rate, latency, minMs, maxMs, meanMs *prometheus.Desc
-	total, dropped, rejected, hits, misses, cpu, rss   *prometheus.Desc
-	input                                              *prometheus.Desc
+	count, errors, rate, latency, minLat, maxLat, meanLat *prometheus.Desc
+	total, dropped, rejected, hits, misses, cpu, rss      *prometheus.Desc
+	input                                                 *prometheus.Desc
 }
 
 // NewCollector returns a collector over src.
@@ -32,14 +32,15 @@ func NewCollector(src SnapshotSource) *Collector {
 		return prometheus.NewDesc("perfpipe_"+name, help, append(group, labels...), nil)
 	}
 	return &Collector{
-		src:      src,
-		count:    d("window_samples", "Samples in the snapshot window."),
-		errors:   d("window_errors", "Samples with status error in the window."),
-		rate:     d("window_rate_per_second", "Samples per second over the window."),
-		latency:  d("latency_ms", "Nearest-rank latency quantile over the window.", "quantile"),
-		minMs:    d("latency_min_ms", "Smallest latency in the window."),
-		maxMs:    d("latency_max_ms", "Largest latency in the window."),
-		meanMs:   d("latency_mean_ms", "Mean latency in the window."),
+		src:    src,
+		count:  d("window_samples", "Samples in the snapshot window."),
+		errors: d("window_errors", "Samples with status error in the window."),
+		rate:   d("window_rate_per_second", "Samples per second over the window."),
+		latency: d("latency_seconds", "Nearest-rank latency quantile over the window.",
+			"quantile"),
+		minLat:   d("latency_min_seconds", "Smallest latency in the window."),
+		maxLat:   d("latency_max_seconds", "Largest latency in the window."),
+		meanLat:  d("latency_mean_seconds", "Mean latency in the window."),
 		total:    d("samples_total", "Samples accepted, kept across restarts by the checkpoint."),
 		dropped:  d("dropped_total", "Valid samples outside every window.", "reason"),
 		rejected: d("rejected_total", "Bad input: negative durations, corrupt summaries."),
@@ -55,8 +56,8 @@ func NewCollector(src SnapshotSource) *Collector {
 
 // Describe implements prometheus.Collector.
 func (c *Collector) Describe(ch chan<- *prometheus.Desc) {
-	for _, d := range []*prometheus.Desc{c.count, c.errors, c.rate, c.latency, c.minMs,
-		c.maxMs, c.meanMs, c.total, c.dropped, c.rejected, c.hits, c.misses, c.cpu, c.rss,
+	for _, d := range []*prometheus.Desc{c.count, c.errors, c.rate, c.latency, c.minLat,
+		c.maxLat, c.meanLat, c.total, c.dropped, c.rejected, c.hits, c.misses, c.cpu, c.rss,
 		c.input} {
 		ch <- d
 	}
@@ -98,12 +99,14 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, s *events.Snapshot) {
 		v     *float64
 	}{{"0.5", s.P50Ms}, {"0.9", s.P90Ms}, {"0.95", s.P95Ms}, {"0.99", s.P99Ms}, {"0.999", s.P999Ms}} {
 		if q.v != nil {
-			gauge(c.latency, *q.v, q.label)
+			gauge(c.latency, seconds(*q.v), q.label)
 		}
 	}
-	for d, v := range map[*prometheus.Desc]*float64{c.minMs: s.MinMs, c.maxMs: s.MaxMs, c.meanMs: s.MeanMs} {
+	for d, v := range map[*prometheus.Desc]*float64{
+		c.minLat: s.MinMs, c.maxLat: s.MaxMs, c.meanLat: s.MeanMs,
+	} {
 		if v != nil {
-			gauge(d, *v)
+			gauge(d, seconds(*v))
 		}
 	}
 	if s.Cache != nil {
@@ -115,3 +118,6 @@ func (c *Collector) collect(ch chan<- prometheus.Metric, s *events.Snapshot) {
 		gauge(c.rss, float64(r.RSSBytes))
 	}
 }
+
+// seconds converts a snapshot's milliseconds to Prometheus' base unit.
+func seconds(ms float64) float64 { return ms / 1000 }
