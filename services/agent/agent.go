@@ -48,6 +48,11 @@ type Service struct {
 	// flight collapses concurrent runs of the same cache key.
 	flight singleflight.Group
 
+	// handedBack and nakkedItems count the items handed back in remainder
+	// batches, and those in batches nak'ed whole.
+	handedBack  atomic.Int64
+	nakkedItems atomic.Int64
+
 	cacheErrors atomic.Int64
 	cacheWarn   rate.Sometimes
 	pullWarn    rate.Sometimes
@@ -106,9 +111,10 @@ func New(
 func (s *Service) Throttled() bool { return s.adm.Throttled() }
 
 // Run pulls and runs batches until ctx is cancelled. It then stops
-// pulling, lets in-flight items finish within Config.DrainTimeout, naks
-// the batches it could not finish, and returns nil. It returns an error
-// only when it cannot start consuming.
+// pulling, lets in-flight items finish within Config.DrainTimeout, then
+// stops the rest and hands them back for another agent in a batch of their
+// own, so that the items that did finish are not run again. It returns
+// nil then, or an error only when it cannot start consuming.
 func (s *Service) Run(ctx context.Context) error {
 	cons, err := s.conn.Consumer(ctx, events.StreamBatches, jetstream.ConsumerConfig{
 		Durable:       s.cfg.Durable,
@@ -283,14 +289,14 @@ func (s *Service) rejectBatch(ctx context.Context, msg jetstream.Msg, err error)
 	if dlErr := s.conn.DeadLetter(ctx, dl); dlErr != nil {
 		s.log.Warn("dead letter failed, batch will be redelivered",
 			"subject", msg.Subject(), "err", dlErr)
-		_ = msg.NakWithDelay(time.Second)
+		_ = msg.NakWithDelay(redeliveryDelay)
 		return
 	}
 	_ = msg.Term()
 }
 
 // safeRunItem runs one item and turns a panic outside the handler into an
-// unfinished item, so that the batch is nak'ed and the agent goes on.
+// unfinished item, so that the item is handed back and the agent goes on.
 func (s *Service) safeRunItem(
 	ctx context.Context, b *batchRun, req *events.WorkRequest,
 ) (ok bool) {
@@ -303,8 +309,8 @@ func (s *Service) safeRunItem(
 	return s.runItem(ctx, b, req)
 }
 
-// watch keeps a running batch from being redelivered, and acks it when
-// every item has its result or naks it when one could not finish.
+// watch keeps a running batch from being redelivered, and settles it once
+// every item has finished or been given up on.
 func (s *Service) watch(ctx context.Context, b *batchRun) {
 	tick := time.NewTicker(s.cfg.AckWait / 3)
 	defer tick.Stop()
@@ -321,23 +327,25 @@ func (s *Service) watch(ctx context.Context, b *batchRun) {
 	}
 }
 
-// settle acks or naks a finished batch and records its time.
+// settle acks a batch whose items all finished, hands back the unfinished
+// items of one that finished some (see handBack), naks one that finished
+// none, and records the batch's time. ctx is Run's: once it is cancelled,
+// the agent is shutting down.
 func (s *Service) settle(ctx context.Context, b *batchRun) {
 	var err error
-	status := events.TimingOK
-	switch {
-	case !b.failed.Load():
+	status := events.TimingError
+	switch rest := b.unfinished(); {
+	case len(rest) == 0:
 		// Confirmed, so that a lost ack cannot run the batch again.
-		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+		actx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
 		err = b.msg.DoubleAck(actx)
 		cancel()
-	case ctx.Err() != nil:
-		// Shutting down: let another agent take it now.
-		status = events.TimingError
-		err = b.msg.Nak()
+		status = events.TimingOK
+	case len(rest) < len(b.batch.Items):
+		err = s.handBack(ctx, b, rest)
 	default:
-		status = events.TimingError
-		err = b.msg.NakWithDelay(time.Second)
+		// The remainder would be the batch itself.
+		err = s.nak(ctx, b)
 	}
 	s.timings.Record("batch", status, time.Since(b.start))
 	s.log.Debug("batch done", "batch_id", b.batch.ID, "kind", b.kind,
@@ -349,7 +357,9 @@ func (s *Service) settle(ctx context.Context, b *batchRun) {
 }
 
 // drain waits for the goroutines of g, and stops the items still running
-// DrainTimeout after Run's context was cancelled.
+// DrainTimeout after Run's context was cancelled. The stopped items, and
+// those that had not started, are handed back as remainder batches by
+// settle, or their whole batches nak'ed when that fails.
 func (s *Service) drain(g *errgroup.Group, stop context.CancelFunc) {
 	done := make(chan struct{})
 	go func() {
@@ -361,33 +371,41 @@ func (s *Service) drain(g *errgroup.Group, stop context.CancelFunc) {
 	defer timer.Stop()
 	select {
 	case <-done:
+		return
 	case <-timer.C:
-		s.log.Warn("drain timed out, stopping in-flight items; their batches are nak'ed",
-			"drain_timeout", s.cfg.DrainTimeout, "busy_workers", len(s.slots))
-		stop()
-		<-done
 	}
+	handed, nakked := s.handedBack.Load(), s.nakkedItems.Load()
+	s.log.Warn("drain timed out, stopping in-flight items to hand them back",
+		"drain_timeout", s.cfg.DrainTimeout, "busy_workers", len(s.slots))
+	stop()
+	<-done
+	s.log.Info("drain stopped unfinished items", "handed_back",
+		s.handedBack.Load()-handed, "nakked_items", s.nakkedItems.Load()-nakked)
 }
 
-// batchRun tracks the items of one batch until all have finished.
+// batchRun tracks the items of one batch until all have finished or been
+// given up on.
 type batchRun struct {
 	msg   jetstream.Msg
 	batch *events.Batch
 	kind  string
 	start time.Time
 
+	// finished[i] is set once item i needs no further run: its result
+	// published, its retry submitted or its dead letter recorded.
+	finished  []atomic.Bool
 	remaining atomic.Int64
-	failed    atomic.Bool
 	done      chan struct{}
 }
 
 func newBatchRun(msg jetstream.Msg, batch *events.Batch) *batchRun {
 	b := &batchRun{
-		msg:   msg,
-		batch: batch,
-		kind:  batch.Kind,
-		start: time.Now(),
-		done:  make(chan struct{}),
+		msg:      msg,
+		batch:    batch,
+		kind:     batch.Kind,
+		start:    time.Now(),
+		finished: make([]atomic.Bool, len(batch.Items)),
+		done:     make(chan struct{}),
 	}
 	if b.kind == "" {
 		b.kind = events.LastToken(msg.Subject())
@@ -399,10 +417,10 @@ func newBatchRun(msg jetstream.Msg, batch *events.Batch) *batchRun {
 	return b
 }
 
-// finish records that one item ended, with its result published or not.
-func (b *batchRun) finish(ok bool) {
-	if !ok {
-		b.failed.Store(true)
+// finish records that item i ended, finished (ok) or not.
+func (b *batchRun) finish(i int, ok bool) {
+	if ok {
+		b.finished[i].Store(true)
 	}
 	if b.remaining.Add(-1) == 0 {
 		close(b.done)
@@ -411,10 +429,21 @@ func (b *batchRun) finish(ok bool) {
 
 // abandon records that the last n items will not run.
 func (b *batchRun) abandon(n int) {
-	b.failed.Store(true)
 	if b.remaining.Add(-int64(n)) == 0 {
 		close(b.done)
 	}
+}
+
+// unfinished returns copies of the items that did not finish, in batch
+// order. Call it only once done is closed.
+func (b *batchRun) unfinished() []events.WorkRequest {
+	var rest []events.WorkRequest
+	for i := range b.batch.Items {
+		if !b.finished[i].Load() {
+			rest = append(rest, b.batch.Items[i])
+		}
+	}
+	return rest
 }
 
 // sleep waits for d or until ctx ends.

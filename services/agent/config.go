@@ -87,8 +87,10 @@ type Config struct {
 	// out is a transient failure. Zero means 30 s.
 	ItemTimeout time.Duration
 	// DrainTimeout is how long Run lets in-flight items finish after its
-	// context is cancelled; items still running then are stopped and
-	// their batches nak'ed. Zero means 10 s.
+	// context is cancelled; items still running then are stopped and,
+	// with those not started, handed back in a remainder batch of their
+	// own (their whole batches nak'ed if that publish fails), so that the
+	// finished items of a batch do not run again. Zero means 10 s.
 	DrainTimeout time.Duration
 	// CacheTimeout bounds one result-cache read or write; a slow cache
 	// counts as a miss. Zero means 1 s.

@@ -36,6 +36,10 @@
 //
 // Lifecycle: [New], then [Service.Run] until its context is cancelled.
 // Run stops pulling, gives in-flight items [Config.DrainTimeout] to finish,
-// naks the batches it could not finish so that another agent picks them
-// up, and returns.
+// and returns. A batch some of whose items did not finish, then or for any
+// other reason (a result NATS refused, a panic outside the handler), is
+// acked once its unfinished items are published again as a remainder
+// batch, so that another agent runs only those; if that publish fails, or
+// no item of the batch finished, the whole batch is nak'ed and delivered
+// again.
 package agent

@@ -18,9 +18,11 @@ const (
 	reasonExhausted = "attempts exhausted"
 )
 
-// runItem takes one item to a published result. It returns false when the
-// item could not be finished (stopped by the drain, or NATS refused the
-// result), so that its batch is nak'ed and delivered again.
+// runItem takes one item to its end: a published result, a retry
+// submitted or a dead letter. It returns false when the item could not be
+// finished (stopped by the drain, or NATS refused the result, retry or
+// dead letter), so that it is handed back and runs again (see handBack);
+// the items of its batch that did finish are not.
 func (s *Service) runItem(ctx context.Context, b *batchRun, req *events.WorkRequest) bool {
 	start := time.Now()
 	if req.Kind == "" {
@@ -110,7 +112,7 @@ func (s *Service) deadLetter(
 		Data:     data,
 	})
 	if err != nil {
-		s.log.Warn("dead letter failed, batch will be redelivered", "id", req.ID,
+		s.log.Warn("dead letter failed, item will be handed back", "id", req.ID,
 			"reason", reason, "err", err)
 		return false
 	}
@@ -168,7 +170,7 @@ func (s *Service) publish(ctx context.Context, req *events.WorkRequest, res *eve
 		msgID = events.ResultMsgID(req)
 	}
 	if err := s.conn.Publish(ctx, events.ResultSubject(res.Kind), res, msgID); err != nil {
-		s.log.Warn("result not published, batch will be redelivered", "id", res.ID,
+		s.log.Warn("result not published, item will be handed back", "id", res.ID,
 			"err", err)
 		return false
 	}

@@ -3,10 +3,13 @@ package agent_test
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/internal/testenv"
@@ -223,41 +226,234 @@ func TestAgentCloseFinishesInFlightItems(t *testing.T) {
 	}
 }
 
-// TestAgentCloseAfterDrainTimeoutLosesNothing closes an agent whose drain
-// timeout is shorter than its items: they are stopped and handed back,
-// and a second agent finishes each of them once.
-func TestAgentCloseAfterDrainTimeoutLosesNothing(t *testing.T) {
+// TestAgentCloseAfterDrainTimeoutHandsBackUnfinished closes an agent in
+// the middle of a batch whose short items are done, four long ones run
+// past the drain timeout and two more wait for a worker: the batch is
+// acked, the six long items are handed back in a remainder batch, and a
+// second agent runs each of them once. No item runs twice.
+func TestAgentCloseAfterDrainTimeoutHandsBackUnfinished(t *testing.T) {
+	url := testenv.NATS(t)
+	client := testenv.Conn(t, url)
+	res := collect[events.Result](t, client, events.StreamResults)
+	batches := collect[events.Batch](t, client, events.StreamBatches)
+	reg1, tr1 := sleepTracker(t)
+	cfg := lifecycleConfig("agent-1")
+	cfg.Workers = 4
+	cfg.DrainTimeout = 500 * time.Millisecond
+	a := startKillable(t, url, reg1, cfg)
+
+	short, shortIDs := sleepItems("short", 4, 50)
+	long, longIDs := sleepItems("long", 6, 3000)
+	publishBatch(t, client, "sleep", append(short, long...)...)
+	testenv.WaitFor(t, waitTime, "short items done, four long ones running", func() bool {
+		return len(results(t, res)) == len(shortIDs) && tr1.running.Load() == 4
+	})
+	stopWithinDrain(t, a, cfg.DrainTimeout)
+
+	reg2, tr2 := sleepTracker(t)
+	startKillable(t, url, reg2, lifecycleConfig("agent-2"))
+	got := waitResults(t, res, append(shortIDs, longIDs...)...)
+	checkRanOnce(t, got, "agent-1", tr1, shortIDs)
+	checkRanOnce(t, got, "agent-2", tr2, longIDs)
+	for _, id := range shortIDs {
+		if n, _ := tr2.runs(id); n != 0 {
+			t.Errorf("%s: second agent started it %d times, want 0", id, n)
+		}
+	}
+	if n := storedResults(t, client); n != 10 {
+		t.Errorf("results stream holds %d results, want 10, one per item", n)
+	}
+	stopped := 0
+	for _, id := range longIDs {
+		started, ok := tr1.runs(id)
+		stopped += started
+		if ok != 0 {
+			t.Errorf("%s: first agent finished it %d times, want 0", id, ok)
+		}
+	}
+	if stopped != 4 {
+		t.Errorf("first agent started %d long items, want 4 (2 waited for a worker)",
+			stopped)
+	}
+
+	checkRemainder(t, batches, longIDs)
+	checkDeliveries(t, client, 2, "the batch and its remainder, once each")
+}
+
+// TestAgentCloseNaksBatchWhenRemainderRefused closes an agent past its
+// drain timeout while the batches stream refuses new batches: the
+// remainder is not published, so the whole batch is nak'ed and a second
+// agent runs every item of it; none is lost.
+func TestAgentCloseNaksBatchWhenRemainderRefused(t *testing.T) {
 	url := testenv.NATS(t)
 	client := testenv.Conn(t, url)
 	res := collect[events.Result](t, client, events.StreamResults)
 	reg1, tr1 := sleepTracker(t)
 	cfg := lifecycleConfig("agent-1")
-	cfg.DrainTimeout = 500 * time.Millisecond
+	cfg.DrainTimeout = 300 * time.Millisecond
 	a := startKillable(t, url, reg1, cfg)
 
-	items, ids := sleepItems("cut", 10, 2000)
-	publishBatch(t, client, "sleep", items...)
-	testenv.WaitFor(t, waitTime, "ten items running", func() bool {
-		return tr1.running.Load() == 10
+	short, shortIDs := sleepItems("short", 2, 50)
+	long, longIDs := sleepItems("long", 2, 3000)
+	publishBatch(t, client, "sleep", append(short, long...)...)
+	testenv.WaitFor(t, waitTime, "short items done, long ones running", func() bool {
+		return len(results(t, res)) == len(shortIDs) && tr1.running.Load() == 2
 	})
-
+	refuseBatches(t, client)
 	stopWithinDrain(t, a, cfg.DrainTimeout)
-	if n := storedResults(t, client); n != 0 {
-		t.Errorf("results of items stopped by the drain: %d, want none", n)
+	if n := batchCount(t, client); n != 1 {
+		t.Fatalf("batches stream holds %d batches, want only the original", n)
 	}
 
+	// The second agent's connection puts the stream's limits back.
 	reg2, tr2 := sleepTracker(t)
 	startKillable(t, url, reg2, lifecycleConfig("agent-2"))
-	checkOneOK(t, client, waitResults(t, res, ids...), "agent-2", ids)
-	for _, id := range ids {
-		started1, ok1 := tr1.runs(id)
-		started2, ok2 := tr2.runs(id)
-		if started1 != 1 || ok1 != 0 || started2 != 1 || ok2 != 1 {
-			t.Errorf("%s: started %d, ok %d on the first agent, %d, %d on the second; "+
-				"want 1, 0 and 1, 1", id, started1, ok1, started2, ok2)
+	got := waitResults(t, res, append(shortIDs, longIDs...)...)
+	checkRanOnce(t, got, "agent-2", tr2, longIDs)
+	for _, id := range shortIDs {
+		if s1, _ := tr1.runs(id); s1 != 1 {
+			t.Errorf("%s: first agent started it %d times, want 1", id, s1)
+		}
+		if s2, ok2 := tr2.runs(id); s2 != 1 || ok2 != 1 {
+			t.Errorf("%s: second agent started %d, ok %d; want 1, 1: the whole batch "+
+				"runs again", id, s2, ok2)
 		}
 	}
-	waitBatchesSettled(t, client)
+	if n := storedResults(t, client); n != 4 {
+		t.Errorf("results stream holds %d results, want 4, one per item", n)
+	}
+	checkDeliveries(t, client, 2, "the batch twice, nak'ed once")
+}
+
+// TestAgentHandsBackItemWhoseResultIsRefused runs a batch one of whose
+// items first returns an output too large to publish: the agent hands
+// back that item alone, runs it again, and acks the batch; the others
+// run once.
+func TestAgentHandsBackItemWhoseResultIsRefused(t *testing.T) {
+	url := testenv.NATS(t)
+	client := testenv.Conn(t, url)
+	res := collect[events.Result](t, client, events.StreamResults)
+	batches := collect[events.Batch](t, client, events.StreamBatches)
+	tr := newTracker(&oversizedOnce{size: int(client.NC.MaxPayload()) + 1})
+	reg := agent.NewRegistry()
+	if err := reg.Register("big", tr, agent.Options{}); err != nil {
+		t.Fatal(err)
+	}
+	startKillable(t, url, reg, lifecycleConfig("agent-1"))
+
+	publishBatch(t, client, "big", item("small-1", `{}`), item("huge", `{}`),
+		item("small-2", `{}`))
+	got := waitResults(t, res, "small-1", "huge", "small-2")
+	for id, want := range map[string]int{"small-1": 1, "huge": 2, "small-2": 1} {
+		if started, ok := tr.runs(id); started != want || ok != want {
+			t.Errorf("%s: started %d, ok %d; want %d, %d", id, started, ok, want, want)
+		}
+		if r := got[id]; r.Status != events.StatusOK {
+			t.Errorf("%s: status %s, error %q; want ok", id, r.Status, r.Error)
+		}
+	}
+	checkRemainder(t, batches, []string{"huge"})
+	checkDeliveries(t, client, 2, "the batch and its remainder, once each")
+}
+
+// oversizedOnce is a test kind whose item "huge" returns, on its first
+// run, an output of size bytes, too large to publish; every other run
+// returns {}.
+type oversizedOnce struct {
+	size int
+	done atomic.Bool
+}
+
+func (o *oversizedOnce) Handle(_ context.Context, req *events.WorkRequest) (events.Payload,
+	error) {
+	if req.ID == "huge" && !o.done.Swap(true) {
+		return events.Payload(`"` + strings.Repeat("x", o.size) + `"`), nil
+	}
+	return events.Payload(`{}`), nil
+}
+
+// checkRanOnce checks that each of ids has its result from agentName,
+// whose tracker is tr, and ran there once.
+func checkRanOnce(t *testing.T, got map[string]events.Result, agentName string,
+	tr *tracker, ids []string) {
+	t.Helper()
+	for _, id := range ids {
+		if r := got[id]; r.Status != events.StatusOK || r.Agent != agentName {
+			t.Errorf("%s: status %s, agent %q, error %q; want ok from %s", id, r.Status,
+				r.Agent, r.Error, agentName)
+		}
+		if started, ok := tr.runs(id); started != 1 || ok != 1 {
+			t.Errorf("%s: %s started it %d times, finished %d; want 1, 1", id, agentName,
+				started, ok)
+		}
+	}
+}
+
+// checkRemainder checks that the batches stream holds two batches: the
+// one published, then its remainder with the items ids, in order.
+func checkRemainder(t *testing.T, c *collector[events.Batch], ids []string) {
+	t.Helper()
+	var all []events.Batch
+	testenv.WaitFor(t, waitTime, "two batches read back", func() bool {
+		all = c.all()
+		return len(all) >= 2
+	})
+	if len(all) != 2 {
+		t.Fatalf("batches stream holds %d batches, want 2", len(all))
+	}
+	orig, rest := all[0], all[1]
+	if want := orig.ID + ".rest1-"; !strings.HasPrefix(rest.ID, want) {
+		t.Errorf("remainder ID %q, want it to start with %q", rest.ID, want)
+	}
+	var got []string
+	for _, it := range rest.Items {
+		got = append(got, it.ID)
+	}
+	if fmt.Sprint(got) != fmt.Sprint(ids) || rest.Kind != orig.Kind {
+		t.Errorf("remainder: kind %q, items %v; want kind %q, items %v", rest.Kind, got,
+			orig.Kind, ids)
+	}
+}
+
+// checkDeliveries waits until every batch is acked, then checks that the
+// durable delivered n batches in all, as what says.
+func checkDeliveries(t *testing.T, conn *bus.Conn, n uint64, what string) {
+	t.Helper()
+	waitBatchesSettled(t, conn)
+	if got := consumerInfo(t, conn).Delivered.Consumer; got != n {
+		t.Errorf("durable delivered %d batches, want %d: %s", got, n, what)
+	}
+}
+
+// refuseBatches has the batches stream refuse every new batch while it
+// holds one; bus.Conn.EnsureStreams undoes it.
+func refuseBatches(t *testing.T, conn *bus.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	stream, err := conn.JS.Stream(ctx, events.StreamBatches)
+	if err != nil {
+		t.Fatalf("stream %s: %v", events.StreamBatches, err)
+	}
+	cfg := stream.CachedInfo().Config
+	cfg.MaxMsgs, cfg.Discard = 1, jetstream.DiscardNew
+	if _, err := conn.JS.UpdateStream(ctx, cfg); err != nil {
+		t.Fatalf("update stream %s: %v", events.StreamBatches, err)
+	}
+}
+
+// batchCount is how many batches the batches stream holds.
+func batchCount(t *testing.T, conn *bus.Conn) uint64 {
+	t.Helper()
+	ctx := context.Background()
+	stream, err := conn.JS.Stream(ctx, events.StreamBatches)
+	if err != nil {
+		t.Fatalf("stream %s: %v", events.StreamBatches, err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatalf("stream %s info: %v", events.StreamBatches, err)
+	}
+	return info.State.Msgs
 }
 
 // TestAgentCrashRedeliversWithinAckWait kills an agent in the middle of a

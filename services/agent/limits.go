@@ -108,7 +108,7 @@ func takeSem(ctx context.Context, sem *semaphore.Weighted, n int64, wait bool) e
 // admitted. When one must wait for a slot of its kind, the rest of the
 // batch waits in a goroutine of its own (parked), so that the caller can
 // go on with batches of other kinds. Items that cannot start because ctx
-// ended leave the batch unfinished, to be nak'ed.
+// ended are abandoned, to be handed back unrun (see Service.settle).
 func (s *Service) startItems(
 	ctx context.Context, g *errgroup.Group, b *batchRun, i int, parked bool,
 ) {
@@ -124,9 +124,10 @@ func (s *Service) startItems(
 			b.abandon(n - i)
 			return
 		}
+		idx := i // i is not per iteration: it is a parameter
 		g.Go(func() error {
 			defer release()
-			b.finish(s.safeRunItem(ctx, b, req))
+			b.finish(idx, s.safeRunItem(ctx, b, req))
 			return nil
 		})
 	}

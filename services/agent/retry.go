@@ -140,7 +140,7 @@ func (s *Service) retryLater(ctx context.Context, req *events.WorkRequest,
 
 	msgID := events.SubmitMsgID(&next)
 	if err := s.conn.Publish(ctx, events.SubmitSubject(req.Kind), &next, msgID); err != nil {
-		s.log.Warn("retry not submitted, batch will be redelivered", "id", req.ID,
+		s.log.Warn("retry not submitted, item will be handed back", "id", req.ID,
 			"attempt", next.Attempt, "err", err)
 		return false
 	}
