@@ -85,9 +85,14 @@ func (w *wiring) bindAgent(fs *flag.FlagSet) {
 		"attempts per item for transient failures (1 means no retry)")
 	fs.DurationVar(&c.ItemTimeout, "item-timeout", agent.DefaultItemTimeout,
 		"longest time one run of an item may take")
+	fs.DurationVar(&c.AckWait, "ack-wait", agent.DefaultAckWait,
+		"time after which the batch of a dead agent is delivered again")
+	fs.DurationVar(&c.DrainTimeout, "drain-timeout", agent.DefaultDrainTimeout,
+		"time in-flight items get to finish at stop; the rest go to other agents")
 	fs.StringVar(&w.allowedHosts, "http-allowed-hosts", strings.Join(agent.DefaultAllowedHosts, ","),
 		"comma-separated hosts the http kind may call; * allows any")
-	fs.DurationVar(&c.HTTP.CacheTTL, "http-cache-ttl", 0, "how long http results stay cached; 0 = not cached")
+	fs.DurationVar(&c.HTTP.CacheTTL, "http-cache-ttl", 0,
+		"how long http results stay cached; 0 = not cached")
 	fs.StringVar(&c.CSV.DataDir, "csv-data-dir", ".", "folder the csv kind reads files from")
 	fs.DurationVar(&c.CSV.CacheTTL, "csv-cache-ttl", agent.DefaultCSVCacheTTL,
 		"how long csv results stay cached; negative = not cached")
@@ -167,7 +172,8 @@ func (w *wiring) bindStore(fs *flag.FlagSet) {
 }
 
 func (w *wiring) bindHTTP(fs *flag.FlagSet, def string) {
-	fs.StringVar(&w.httpAddr, "http-addr", def, "address of /healthz, /snapshots and /metrics; empty turns HTTP off")
+	fs.StringVar(&w.httpAddr, "http-addr", def,
+		"address of /healthz, /snapshots and /metrics; empty turns HTTP off")
 }
 
 // openStore connects the cache: Redis when a URL is set, else a KV bucket.
@@ -175,7 +181,9 @@ func (w *wiring) bindHTTP(fs *flag.FlagSet, def string) {
 // fails at once instead of after its timeout, and it comes back by itself.
 // The KV bucket lives on the NATS connection the services need anyway:
 // without it nothing runs, so a breaker there would save no time.
-func (w *wiring) openStore(ctx context.Context, conn *bus.Conn, log *slog.Logger) (cache.Store, error) {
+func (w *wiring) openStore(
+	ctx context.Context, conn *bus.Conn, log *slog.Logger,
+) (cache.Store, error) {
 	ctx, cancel := context.WithTimeout(ctx, 10*time.Second)
 	defer cancel()
 	if w.redisURL == "" {
