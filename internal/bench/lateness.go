@@ -30,7 +30,13 @@ type LatenessConfig struct {
 	MinDelay time.Duration
 	// Spread is the width over which the delays are spread evenly, from
 	// MinDelay to MinDelay+Spread. Zero means 4 s: delays of 1 to 5 s.
+	// A burst ignores it.
 	Spread time.Duration
+	// Burst makes every item due at the same instant, MinDelay after
+	// submitting began (a NotBefore time, as for work due at midnight),
+	// instead of spreading the delays. MinDelay should then exceed the
+	// time submitting takes, so that every item is pending at once.
+	Burst bool
 	// Settle bounds the wait for the last release after the last item
 	// fell due. Zero means 1 min.
 	Settle time.Duration
@@ -46,8 +52,11 @@ func (c LatenessConfig) withDefaults() LatenessConfig {
 	if c.MinDelay == 0 {
 		c.MinDelay = time.Second
 	}
-	if c.Spread == 0 {
+	if c.Spread == 0 && !c.Burst {
 		c.Spread = 4 * time.Second
+	}
+	if c.Burst {
+		c.Spread = 0
 	}
 	if c.Settle == 0 {
 		c.Settle = time.Minute
@@ -72,6 +81,11 @@ type LatenessResult struct {
 	// Submit is how long submitting took, to the last ack: when it is
 	// below MinDelay, every item was pending at once.
 	Submit time.Duration
+	// Span is the time from the first release to the last, and Rate the
+	// items released per second over it. In a burst that is the release
+	// path's throughput; with spread delays it follows the schedule.
+	Span time.Duration
+	Rate float64
 }
 
 // ErrEarly is returned by Lateness when an item was released before due.
@@ -82,7 +96,8 @@ const latenessKind = "sleep"
 
 // Lateness measures how late delayed items are released: it submits
 // Items requests with delays spread evenly over MinDelay to
-// MinDelay+Spread, in a shuffled order and with mixed priorities, to a
+// MinDelay+Spread (or, with Burst, all due MinDelay after the start), in
+// a shuffled order and with mixed priorities, to a
 // real scheduler on a fresh embedded server, and follows PERFPIPE_READY
 // until each is released. The scheduler runs with MaxInFlight -1 (no
 // credit limit): no agent returns results, and the figures are then the
@@ -203,17 +218,22 @@ func measureLateness(ctx context.Context, client *bus.Conn, cfg LatenessConfig,
 // submitDelayed publishes the delayed items in a shuffled order with
 // random priorities, without waiting for each ack, and returns when the
 // stream has acked them all. Item i's delay is MinDelay plus i/Items of
-// Spread.
+// Spread; in a burst every item is due MinDelay after the call.
 func submitDelayed(ctx context.Context, conn *bus.Conn, cfg LatenessConfig) error {
 	rnd := rand.New(rand.NewPCG(1, 2))
 	prefix := nuid.Next()
+	burstAt := time.Now().Add(cfg.MinDelay)
 	unacked := make([]jetstream.PubAckFuture, 0, maxUnacked)
 	for _, i := range rnd.Perm(cfg.Items) {
-		step := cfg.Spread * time.Duration(i) / time.Duration(cfg.Items)
 		req := &events.WorkRequest{ID: prefix + "-" + strconv.Itoa(i), Kind: latenessKind,
 			Priority: rnd.IntN(events.MaxPriority + 1),
-			Delay:    events.Duration(cfg.MinDelay + step),
 			Payload:  events.Payload(`{"ms":0}`)}
+		if cfg.Burst {
+			req.NotBefore = burstAt
+		} else {
+			step := cfg.Spread * time.Duration(i) / time.Duration(cfg.Items)
+			req.Delay = events.Duration(cfg.MinDelay + step)
+		}
 		req.Trace.Submitted = time.Now()
 		msg, err := bus.Message(events.SubmitSubject(req.Kind), req, req.ID)
 		if err != nil {
@@ -258,6 +278,8 @@ type releases struct {
 	seen  map[string]bool
 	late  []time.Duration // Released - Due
 	at    []time.Duration // arrival on READY - Due
+	first time.Time       // the earliest Released
+	last  time.Time       // the latest Released
 	early int
 	extra int
 	done  chan struct{}
@@ -286,6 +308,12 @@ func (rl *releases) add(r *events.WorkRequest, at time.Time) {
 	}
 	rl.late = append(rl.late, late)
 	rl.at = append(rl.at, at.Sub(due))
+	if rl.first.IsZero() || r.Trace.Released.Before(rl.first) {
+		rl.first = r.Trace.Released
+	}
+	if r.Trace.Released.After(rl.last) {
+		rl.last = r.Trace.Released
+	}
 	if len(rl.seen) == rl.want {
 		close(rl.done)
 	}
@@ -303,9 +331,14 @@ func (rl *releases) result() LatenessResult {
 	defer rl.mu.Unlock()
 	late := slices.Sorted(slices.Values(rl.late))
 	at := slices.Sorted(slices.Values(rl.at))
-	return LatenessResult{Items: len(rl.seen), Early: rl.early, Extra: rl.extra,
+	res := LatenessResult{Items: len(rl.seen), Early: rl.early, Extra: rl.extra,
 		P50: percentile(late, 50), P99: percentile(late, 99),
-		Max: percentile(late, 100), SeenP99: percentile(at, 99)}
+		Max: percentile(late, 100), SeenP99: percentile(at, 99),
+		Span: rl.last.Sub(rl.first)}
+	if res.Span > 0 {
+		res.Rate = float64(res.Items) / res.Span.Seconds()
+	}
+	return res
 }
 
 // check returns ErrEarly, with the count, when an item came early.
@@ -331,8 +364,10 @@ func percentile(sorted []time.Duration, p int) time.Duration {
 // PrintLateness writes the lateness figures.
 func PrintLateness(w io.Writer, r LatenessResult) error {
 	_, err := fmt.Fprintf(w, "submitted in %s\n"+
-		"released late by: p50 %s, p99 %s, max %s; seen on READY p99 %s; early %d of %d\n",
+		"released late by: p50 %s, p99 %s, max %s; seen on READY p99 %s; early %d of %d\n"+
+		"released over %s, first to last: %.0f items/s\n",
 		roundDuration(r.Submit), roundDuration(r.P50), roundDuration(r.P99),
-		roundDuration(r.Max), roundDuration(r.SeenP99), r.Early, r.Items)
+		roundDuration(r.Max), roundDuration(r.SeenP99), r.Early, r.Items,
+		roundDuration(r.Span), r.Rate)
 	return err
 }

@@ -9,32 +9,51 @@ import (
 )
 
 // TestLatenessReleasesEveryItemOnTime runs the lateness bench with few
-// items and short delays: every item is released once, none early, and
-// the quantiles are ordered.
+// items and short delays, spread and in a burst: every item is released
+// once, none early, the quantiles are ordered and the rate is measured.
 func TestLatenessReleasesEveryItemOnTime(t *testing.T) {
-	ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
-	defer cancel()
-	res, err := Lateness(ctx, LatenessConfig{
-		Items: 300, MinDelay: 200 * time.Millisecond, Spread: 300 * time.Millisecond,
-		Settle: 20 * time.Second, StoreDir: t.TempDir(),
-	})
-	if err != nil {
-		t.Fatalf("Lateness: %v (result %+v)", err, res)
+	tests := []struct {
+		name string
+		cfg  LatenessConfig
+	}{
+		{"spread", LatenessConfig{MinDelay: 200 * time.Millisecond,
+			Spread: 300 * time.Millisecond}},
+		{"burst", LatenessConfig{MinDelay: 500 * time.Millisecond, Burst: true}},
 	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second)
+			defer cancel()
+			cfg := tt.cfg
+			cfg.Items, cfg.Settle, cfg.StoreDir = 300, 20*time.Second, t.TempDir()
+			res, err := Lateness(ctx, cfg)
+			if err != nil {
+				t.Fatalf("Lateness: %v (result %+v)", err, res)
+			}
+			checkLateness(t, res)
+		})
+	}
+}
 
+func checkLateness(t *testing.T, res LatenessResult) {
+	t.Helper()
 	if res.Items != 300 || res.Early != 0 || res.Extra != 0 {
 		t.Errorf("result = %+v, want 300 items, each released once and none early", res)
 	}
 	if res.P50 < 0 || res.P50 > res.P99 || res.P99 > res.Max || res.SeenP99 < res.P50 {
 		t.Errorf("result = %+v, want 0 <= p50 <= p99 <= max and seen p99 >= p50", res)
 	}
+	if res.Span <= 0 || res.Rate <= 0 {
+		t.Errorf("result = %+v, want a positive span and rate", res)
+	}
 
 	var b bytes.Buffer
 	if err := PrintLateness(&b, res); err != nil {
 		t.Fatal(err)
 	}
-	if got := b.String(); !strings.Contains(got, "early 0 of 300") {
-		t.Errorf("PrintLateness = %q, want it to say early 0 of 300", got)
+	if got := b.String(); !strings.Contains(got, "early 0 of 300") ||
+		!strings.Contains(got, "items/s") {
+		t.Errorf("PrintLateness = %q, want it to say early 0 of 300 and the items/s", got)
 	}
 }
 

@@ -156,8 +156,9 @@ func (s *Service) schedule(ctx context.Context, msg jetstream.Msg,
 		s.ack(ctx, msg)
 		return nil
 	case admitRelease:
-		if err := s.release(ctx, it); err != nil {
-			s.giveBack(it, false)
+		// Released at once, it was never stored: nothing to remove.
+		if _, _, err := s.release(ctx, it); err != nil {
+			s.giveBack([]*item{it}, false)
 			return err
 		}
 		s.accepted.Add(1)

@@ -1,10 +1,24 @@
 package scheduler
 
 import (
+	"cmp"
 	"context"
+	"fmt"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
+	"golang.org/x/sync/errgroup"
+
+	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/pkg/events"
+)
+
+const (
+	// releaseWindow bounds the items published to READY before their
+	// acks are awaited: one round trip per window instead of per item.
+	releaseWindow = 256
+	// removeParallel bounds the bucket removals in flight after a window.
+	removeParallel = 32
 )
 
 // releaseLoop releases items as they fall due and as credit comes back.
@@ -24,84 +38,191 @@ func (s *Service) releaseLoop(ctx context.Context) error {
 }
 
 // releaseDue releases every due item the credit allows, highest effective
-// priority first, and returns how long to sleep before looking again.
+// priority first, a window of up to releaseWindow items at a time, and
+// returns how long to sleep before looking again. The bucket entries of
+// a window are removed while the next window is published.
 func (s *Service) releaseDue(ctx context.Context) time.Duration {
+	removed := func() {}
+	defer func() { removed() }()
 	for ctx.Err() == nil {
-		it := s.take(time.Now())
-		if it == nil {
+		items := s.take(time.Now(), releaseWindow)
+		if len(items) == 0 {
 			return s.untilNext(time.Now())
 		}
 
-		// A release begun is finished, so that its bucket entry goes.
+		// A release begun is finished, so that its bucket entries go.
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), msgTimeout)
-		err := s.release(rctx, it)
+		released, failed, err := s.release(rctx, items...)
 		cancel()
-		if err != nil {
-			wait := s.giveBack(it, true)
-			s.log.Warn("release failed, retrying", "id", it.req.ID, "retry_in", wait,
-				"err", err)
+		removed = s.forgetAfter(ctx, released, removed)
+		if len(failed) > 0 {
+			wait := s.giveBack(failed, true)
+			s.log.Warn("release failed, retrying", "id", failed[0].req.ID,
+				"failed", len(failed), "window", len(items), "retry_in", wait, "err", err)
 			return wait
 		}
 	}
 	return 0
 }
 
-// release publishes the item to READY with its ID and attempt as the
-// message ID (events.ReadyMsgID), then removes it from the bucket. A
-// crash in between releases it again after the restart, and READY drops
-// the copy; a retry has its own message ID and is not dropped.
-func (s *Service) release(ctx context.Context, it *item) error {
-	req := it.req
-	req.Trace.Released = time.Now()
-	msgID := events.ReadyMsgID(&req)
-	ack, err := s.conn.PublishAck(ctx, events.ReadySubject(req.Kind), &req, msgID)
-	if err != nil {
-		return err
-	}
-	if ack.Duplicate {
-		// Released before (a redelivery after a crash): no result will
-		// come for this copy, so it must not hold credit.
-		s.log.Debug("work already released", "id", req.ID)
-		s.mu.Lock()
-		s.land(req.ID)
-		s.mu.Unlock()
-	}
-	s.released.Add(1)
-	s.rec.Record(opRelease, events.TimingOK, req.Trace.Released.Sub(req.Trace.Accepted))
-	s.log.Debug("work released", "id", req.ID, "kind", req.Kind, "priority", req.Priority,
-		"late", lateness(it.due, req.Trace.Released))
-
-	s.mu.Lock()
-	delete(s.held, heldKey(&req))
-	s.backoff = 0
-	s.mu.Unlock()
-	if it.key == "" {
-		return nil
-	}
-	if err := s.store.remove(ctx, it.key); err != nil {
-		s.log.Warn("released item left in bucket; a restart releases it again",
-			"id", req.ID, "err", err)
-	}
-	return nil
+// published is one item of a window on its way to READY.
+type published struct {
+	it  *item
+	fut jetstream.PubAckFuture
+	ack *jetstream.PubAck
+	err error
 }
 
-// take pops the next item to release and reserves its credit, or returns
-// nil when nothing is due or there is no credit.
-func (s *Service) take(now time.Time) *item {
+// release publishes items to READY in their order, each with its ID and
+// attempt as the message ID (events.ReadyMsgID), and waits for the acks.
+// The publishes are asynchronous on one connection, so READY keeps their
+// order. It returns the released items, whose bucket entries the caller
+// then removes (forget), and the items whose publish failed, with the
+// first error; the caller gives those back. Publishing comes first: a
+// crash before the removal releases the items again after the restart,
+// and READY drops the copies; a retry has its own message ID and is not
+// dropped.
+func (s *Service) release(ctx context.Context, items ...*item) (
+	released, failed []*item, err error) {
+	window := make([]published, len(items))
+	for i, it := range items {
+		window[i] = s.publish(it)
+	}
+	for i := range window {
+		window[i].await(ctx)
+	}
+
+	for _, p := range window {
+		if p.err != nil {
+			failed = append(failed, p.it)
+			err = cmp.Or(err, p.err)
+		}
+	}
+	return s.landAll(window, len(failed) == 0), failed, err
+}
+
+// publish stamps the release time on it and sends it to READY without
+// waiting for the ack. A no-responders error is not retried here:
+// a later retry would land out of order, so the item is given back.
+func (s *Service) publish(it *item) published {
+	p := published{it: it}
+	it.req.Trace.Released = time.Now()
+	subject := events.ReadySubject(it.req.Kind)
+	msg, err := bus.Message(subject, &it.req, events.ReadyMsgID(&it.req))
+	if err != nil {
+		p.err = fmt.Errorf("publish %s: %w", subject, err)
+		return p
+	}
+	p.fut, err = s.conn.JS.PublishMsgAsync(msg, jetstream.WithRetryAttempts(0))
+	if err != nil {
+		p.err = fmt.Errorf("publish %s: %w", subject, err)
+	}
+	return p
+}
+
+// await waits for the ack of a publish that was sent.
+func (p *published) await(ctx context.Context) {
+	if p.fut == nil {
+		return
+	}
+	select {
+	case p.ack = <-p.fut.Ok():
+	case err := <-p.fut.Err():
+		p.err = fmt.Errorf("publish %s: %w", p.fut.Msg().Subject, err)
+	case <-ctx.Done():
+		p.err = fmt.Errorf("publish %s: %w", p.fut.Msg().Subject, ctx.Err())
+	}
+}
+
+// landAll books the acked items of a window as released and returns them.
+// A duplicate was released before (a redelivery after a crash): no result
+// will come for that copy, so it must not hold credit. The backoff resets
+// only when the whole window went out, so an item that keeps failing
+// still backs off.
+func (s *Service) landAll(window []published, clean bool) []*item {
+	done := make([]*item, 0, len(window))
+	s.mu.Lock()
+	for _, p := range window {
+		if p.err != nil {
+			continue
+		}
+		if p.ack.Duplicate {
+			s.land(p.it.req.ID)
+		}
+		delete(s.held, heldKey(&p.it.req))
+		done = append(done, p.it)
+	}
+	if clean {
+		s.backoff = 0
+	}
+	s.mu.Unlock()
+
+	s.released.Add(int64(len(done)))
+	for _, it := range done {
+		req := &it.req
+		s.rec.Record(opRelease, events.TimingOK, req.Trace.Released.Sub(req.Trace.Accepted))
+		s.log.Debug("work released", "id", req.ID, "kind", req.Kind,
+			"priority", req.Priority, "late", lateness(it.due, req.Trace.Released))
+	}
+	return done
+}
+
+// forgetAfter waits for the removal before it, then starts removing the
+// bucket entries of done in the background and returns the wait for that.
+// A removal begun is finished, within msgTimeout, even when ctx ends.
+func (s *Service) forgetAfter(ctx context.Context, done []*item, before func()) func() {
+	before()
+	finished := make(chan struct{})
+	go func() {
+		defer close(finished)
+		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), msgTimeout)
+		defer cancel()
+		s.forget(rctx, done)
+	}()
+	return func() { <-finished }
+}
+
+// forget removes the bucket entries of released items, removeParallel at
+// a time. An entry left behind is only logged: a restart releases its
+// item again, and READY drops the copy.
+func (s *Service) forget(ctx context.Context, done []*item) {
+	var g errgroup.Group
+	g.SetLimit(removeParallel)
+	for _, it := range done {
+		if it.key == "" {
+			continue
+		}
+		g.Go(func() error {
+			if err := s.store.remove(ctx, it.key); err != nil {
+				s.log.Warn("released item left in bucket; a restart releases it again",
+					"id", it.req.ID, "err", err)
+			}
+			return nil
+		})
+	}
+	_ = g.Wait() // the removals log their own errors
+}
+
+// take pops up to n items to release, highest effective priority first,
+// and reserves their credit. It returns none when nothing is due or there
+// is no credit.
+func (s *Service) take(now time.Time, n int) []*item {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	if s.q.readyLen() == 0 && !s.dueBy(now) {
-		return nil
-	}
-	from, ok := s.creditFrom(now)
-	if !ok {
-		return nil
-	}
-	it := s.q.popFrom(now, from)
-	if it != nil {
+	var items []*item
+	for len(items) < n && (s.q.readyLen() > 0 || s.dueBy(now)) {
+		from, ok := s.creditFrom(now)
+		if !ok {
+			break
+		}
+		it := s.q.popFrom(now, from)
+		if it == nil {
+			break
+		}
 		s.reserve(it, now)
+		items = append(items, it)
 	}
-	return it
+	return items
 }
 
 // dueBy reports whether the earliest waiting item is due at now.
@@ -110,17 +231,21 @@ func (s *Service) dueBy(now time.Time) bool {
 	return ok && !due.After(now)
 }
 
-// giveBack returns the credit of an item whose release failed. When
-// queued is true the item goes back in its place and the returned wait
-// is the release loop's next backoff.
-func (s *Service) giveBack(it *item, queued bool) time.Duration {
+// giveBack returns the credit of items whose release failed. When queued
+// is true the items go back in their places and the returned wait is the
+// release loop's next backoff, doubled once however many failed.
+func (s *Service) giveBack(items []*item, queued bool) time.Duration {
 	s.mu.Lock()
 	defer s.mu.Unlock()
-	s.land(it.req.ID)
+	for _, it := range items {
+		s.land(it.req.ID)
+		if queued {
+			s.q.requeue(it)
+		}
+	}
 	if !queued {
 		return 0
 	}
-	s.q.requeue(it)
 	s.backoff = min(max(2*s.backoff, minBackoff), maxBackoff)
 	return s.backoff
 }
