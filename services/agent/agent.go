@@ -201,8 +201,8 @@ func (s *Service) storeName() string {
 }
 
 // consume pulls one batch whenever intake is open and a worker is free,
-// and starts its items on g, until ctx is cancelled. The items of a batch
-// already pulled keep starting until work is cancelled too.
+// and starts its items on g, until ctx is cancelled. From then on no item
+// starts; the items running go on under work.
 func (s *Service) consume(ctx, work context.Context, cons jetstream.Consumer, g *errgroup.Group) {
 	for s.ready(ctx) {
 		msg, err := s.next(ctx, cons)
@@ -272,7 +272,7 @@ func (s *Service) startBatch(ctx, work context.Context, g *errgroup.Group, msg j
 		s.watch(ctx, b)
 		return nil
 	})
-	s.startItems(work, g, b, 0, false)
+	s.startItems(ctx, work, g, b, 0, false)
 }
 
 // rejectBatch dead-letters a batch message that cannot be read and

@@ -226,6 +226,40 @@ func TestAgentCloseFinishesInFlightItems(t *testing.T) {
 	}
 }
 
+// TestAgentCloseStartsNoNewItems closes an agent whose two workers run
+// the first two items of a batch of six: those finish within the drain
+// timeout, the four waiting for a worker never start there and are handed
+// back at once, and a second agent runs them.
+func TestAgentCloseStartsNoNewItems(t *testing.T) {
+	url := testenv.NATS(t)
+	client := testenv.Conn(t, url)
+	res := collect[events.Result](t, client, events.StreamResults)
+	batches := collect[events.Batch](t, client, events.StreamBatches)
+	reg1, tr1 := sleepTracker(t)
+	cfg := lifecycleConfig("agent-1")
+	cfg.Workers = 2
+	cfg.DrainTimeout = 10 * time.Second
+	a := startKillable(t, url, reg1, cfg)
+
+	items, ids := sleepItems("held", 6, 1000)
+	publishBatch(t, client, "sleep", items...)
+	testenv.WaitFor(t, waitTime, "two items running", func() bool {
+		return tr1.running.Load() == 2
+	})
+	stopWithinDrain(t, a, cfg.DrainTimeout)
+
+	reg2, tr2 := sleepTracker(t)
+	startKillable(t, url, reg2, lifecycleConfig("agent-2"))
+	got := waitResults(t, res, ids...)
+	checkRanOnce(t, got, "agent-1", tr1, ids[:2])
+	checkRanOnce(t, got, "agent-2", tr2, ids[2:])
+	if n := tr1.total(); n != 2 {
+		t.Errorf("first agent started %d items, want 2: none after its stop", n)
+	}
+	checkRemainder(t, batches, ids[2:])
+	checkDeliveries(t, client, 2, "the batch and its remainder, once each")
+}
+
 // TestAgentCloseAfterDrainTimeoutHandsBackUnfinished closes an agent in
 // the middle of a batch whose short items are done, four long ones run
 // past the drain timeout and two more wait for a worker: the batch is

@@ -105,20 +105,22 @@ func takeSem(ctx context.Context, sem *semaphore.Weighted, n int64, wait bool) e
 }
 
 // startItems starts the items of b from the i-th on, in order, each once
-// admitted. When one must wait for a slot of its kind, the rest of the
-// batch waits in a goroutine of its own (parked), so that the caller can
-// go on with batches of other kinds. Items that cannot start because ctx
-// ended are abandoned, to be handed back unrun (see Service.settle).
+// admitted, and runs them under work. When one must wait for a slot of its
+// kind, the rest of the batch waits in a goroutine of its own (parked), so
+// that the caller can go on with batches of other kinds. Once intake ends
+// (the agent is stopping), no further item starts: the rest are abandoned,
+// to be handed back unrun to other agents (see Service.settle), while the
+// items already running finish under work.
 func (s *Service) startItems(
-	ctx context.Context, g *errgroup.Group, b *batchRun, i int, parked bool,
+	intake, work context.Context, g *errgroup.Group, b *batchRun, i int, parked bool,
 ) {
 	n := len(b.batch.Items)
 	for ; i < n; i++ {
 		req := &b.batch.Items[i]
-		release, err := s.admit(ctx, itemKind(b, req), len(req.Payload), parked)
+		release, err := s.admit(intake, itemKind(b, req), len(req.Payload), parked)
 		switch {
 		case errors.Is(err, errKindFull):
-			s.park(ctx, g, b, i)
+			s.park(intake, work, g, b, i)
 			return
 		case err != nil:
 			b.abandon(n - i)
@@ -127,7 +129,7 @@ func (s *Service) startItems(
 		idx := i // i is not per iteration: it is a parameter
 		g.Go(func() error {
 			defer release()
-			b.finish(idx, s.safeRunItem(ctx, b, req))
+			b.finish(idx, s.safeRunItem(work, b, req))
 			return nil
 		})
 	}
@@ -135,18 +137,20 @@ func (s *Service) startItems(
 
 // park starts the items of b from the i-th on in a goroutine of its own.
 // At most Workers batches are parked at once; beyond that park waits.
-func (s *Service) park(ctx context.Context, g *errgroup.Group, b *batchRun, i int) {
+func (s *Service) park(
+	intake, work context.Context, g *errgroup.Group, b *batchRun, i int,
+) {
 	s.log.Debug("batch waits for its kind", "batch_id", b.batch.ID, "kind", b.kind,
 		"waiting_items", len(b.batch.Items)-i)
 	select {
 	case s.parked <- struct{}{}:
-	case <-ctx.Done():
+	case <-intake.Done():
 		b.abandon(len(b.batch.Items) - i)
 		return
 	}
 	g.Go(func() error {
 		defer func() { <-s.parked }()
-		s.startItems(ctx, g, b, i, true)
+		s.startItems(intake, work, g, b, i, true)
 		return nil
 	})
 }
