@@ -547,14 +547,19 @@ func TestAgentShutdownDrainsInFlightItems(t *testing.T) {
 	cfg.Workers = 2
 	stop := startAgent(t, conn, nil, gateRegistry(t, g), cfg)
 
-	// Two items run when Run is cancelled; the other two of the batch
-	// have not started yet, and still run within the drain time.
+	// Two items run when Run is cancelled and finish within the drain
+	// time; the other two of the batch have not started, do not start
+	// there, and are handed back to the next agent.
 	publishBatch(t, conn, "gate", item("z1", `{}`), item("z2", `{}`), item("z3", `{}`),
 		item("z4", `{}`))
 	g.waitStarted(t, 2)
 	if err := stop(); err != nil {
 		t.Errorf("Run() error = %v", err)
 	}
+	if n := len(g.started); n != 0 {
+		t.Errorf("stopped agent started %d more items after its stop, want 0", n)
+	}
+	startAgent(t, conn, nil, gateRegistry(t, g), cfg)
 
 	got := results(t, res)
 	testenv.WaitFor(t, waitTime, "results read back", func() bool {
