@@ -47,14 +47,15 @@ type deadFilterFlags struct {
 	limit   int
 }
 
-func (f *deadFilterFlags) register(fs *flag.FlagSet) {
+// register adds the flags to fs; limitUsage says what --limit counts.
+func (f *deadFilterFlags) register(fs *flag.FlagSet, limitUsage string) {
 	fs.Var(&f.ids, "id", "work request id; repeat or separate with commas")
 	fs.StringVar(&f.kind, "kind", "", "only this kind")
 	fs.StringVar(&f.reason, "reason", "", "only reasons containing this text (any case)")
 	fs.StringVar(&f.service, "service", "", "only from this service")
 	fs.StringVar(&f.since, "since", "", "only from this long ago (1h) or this time (RFC 3339) on")
 	fs.StringVar(&f.until, "until", "", "only up to this long ago (1h) or this time (RFC 3339)")
-	fs.IntVar(&f.limit, "limit", 100, "most dead letters, oldest first; 0 for no limit")
+	fs.IntVar(&f.limit, "limit", 100, limitUsage)
 }
 
 // filter builds the deadletter filter, checking the flags against now.
@@ -108,7 +109,7 @@ func (l *listFlag) Set(s string) error {
 func deadListCommand(stdout io.Writer) *ffcli.Command {
 	fs, g := newFlagSet("dead list")
 	f := &deadFilterFlags{}
-	f.register(fs)
+	f.register(fs, "most dead letters, oldest first; 0 for no limit")
 	output := fs.String("output", "text", "format: text or json")
 
 	return &ffcli.Command{
@@ -209,23 +210,29 @@ func trim(s string, n int) string {
 func deadReplayCommand(stdout io.Writer) *ffcli.Command {
 	fs, g := newFlagSet("dead replay")
 	f := &deadFilterFlags{}
-	f.register(fs)
-	all := fs.Bool("all", false, "replay every dead letter (up to --limit) without a filter")
+	f.register(fs, "most requests, oldest first (a request's dead letters count as one); "+
+		"0 for no limit")
+	all := fs.Bool("all", false, "replay every dead letter (up to --limit requests), no filter")
 	opts := deadletter.ReplayOptions{}
 	fs.BoolVar(&opts.DryRun, "dry-run", false, "say what would be replayed, publish nothing")
 	fs.BoolVar(&opts.Delete, "delete", false, "delete replayed dead letters from the stream")
+	output := fs.String("output", "text", "format: text or json")
 
 	return &ffcli.Command{
 		Name:       "replay",
 		ShortUsage: "perfpipe dead replay (--id X | --kind K | --reason R | ... | --all) [flags]",
 		ShortHelp:  "submit dead work requests again",
 		LongHelp: "Publishes the work request of each matching dead letter to its submit\n" +
-			"subject, attempts and trace reset. A dead letter is replayed at most once\n" +
-			"within the de-duplication window, however often replay runs.",
+			"subject, attempts and trace reset. A run replays each request ID once,\n" +
+			"from its earliest matching dead letter; the later ones are superseded.\n" +
+			"Within the de-duplication window a second run publishes nothing again.",
 		FlagSet: fs,
 		Options: envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
 			if err := noArgs(args); err != nil {
+				return err
+			}
+			if err := checkOutput(*output); err != nil {
 				return err
 			}
 			filter, err := f.filter(time.Now())
@@ -236,34 +243,128 @@ func deadReplayCommand(stdout io.Writer) *ffcli.Command {
 				return fmt.Errorf("%w: replay needs a filter (--id, --kind, --reason, "+
 					"--service, --since, --until) or --all", errUsage)
 			}
-			return runDeadReplay(ctx, stdout, g, filter, opts)
+			return runDeadReplay(ctx, stdout, g, filter, opts, *output)
 		},
 	}
 }
 
+// runDeadReplay lists every match, so that the limit counts requests and
+// keeps each with its earliest dead letter, then replays them.
 func runDeadReplay(ctx context.Context, stdout io.Writer, g *globals, f deadletter.Filter,
-	opts deadletter.ReplayOptions) error {
+	opts deadletter.ReplayOptions, output string) error {
 	conn, err := connectDead(ctx, g)
 	if err != nil {
 		return err
 	}
 	defer conn.Close()
 
-	entries, err := deadletter.List(ctx, conn.JS, f)
+	all := f
+	all.Limit = 0
+	entries, err := deadletter.List(ctx, conn.JS, all)
 	if err != nil {
 		return err
 	}
 	if len(entries) == 0 {
 		return fmt.Errorf("no dead letters match")
 	}
+	entries, cut := deadletter.LimitRequests(entries, f.Limit, time.Now())
+
 	outcomes, err := deadletter.Replay(ctx, conn, entries, opts)
-	for _, o := range outcomes {
-		fmt.Fprintln(stdout, describe(o))
+	rep := newReplayReport(outcomes, opts.DryRun, cut)
+	if output == "json" {
+		if jerr := json.NewEncoder(stdout).Encode(rep); jerr != nil && err == nil {
+			err = jerr
+		}
+	} else {
+		rep.print(stdout, f.Limit, err == nil)
 	}
 	if err != nil {
 		return err
 	}
-	return summarize(stdout, f, outcomes, opts.DryRun)
+	if n := rep.Counts.Failed; n > 0 {
+		return fmt.Errorf("%d of %d replays failed", n, len(outcomes))
+	}
+	return nil
+}
+
+// replayReport is what replay prints: per entry and in total.
+type replayReport struct {
+	DryRun bool `json:"dry_run"`
+	// Limited reports that --limit left out requests that match.
+	Limited  bool          `json:"limited"`
+	Counts   replayCounts  `json:"counts"`
+	Outcomes []replayEntry `json:"outcomes"`
+}
+
+// replayCounts counts the outcomes by status.
+type replayCounts struct {
+	Replayed      int `json:"replayed"`
+	WouldReplay   int `json:"would_replay"`
+	Duplicate     int `json:"duplicate"`
+	Superseded    int `json:"superseded"`
+	NotReplayable int `json:"not_replayable"`
+	Failed        int `json:"failed"`
+	DeadLetters   int `json:"dead_letters"`
+}
+
+// replayEntry is an outcome with its error as text.
+type replayEntry struct {
+	deadletter.Outcome
+	Error string `json:"error,omitempty"`
+}
+
+func newReplayReport(outcomes []deadletter.Outcome, dryRun, limited bool) replayReport {
+	rep := replayReport{DryRun: dryRun, Limited: limited, Outcomes: []replayEntry{}}
+	for _, o := range outcomes {
+		e := replayEntry{Outcome: o}
+		if o.Err != nil {
+			e.Error = o.Err.Error()
+		}
+		rep.Outcomes = append(rep.Outcomes, e)
+		rep.Counts.add(o.Status)
+	}
+	return rep
+}
+
+func (c *replayCounts) add(s deadletter.Status) {
+	c.DeadLetters++
+	switch s {
+	case deadletter.StatusReplayed:
+		c.Replayed++
+	case deadletter.StatusWouldReplay:
+		c.WouldReplay++
+	case deadletter.StatusDuplicate:
+		c.Duplicate++
+	case deadletter.StatusSuperseded:
+		c.Superseded++
+	case deadletter.StatusNotReplayable:
+		c.NotReplayable++
+	default:
+		c.Failed++
+	}
+}
+
+// print writes a line per entry and, when the run completed, the totals.
+func (r replayReport) print(w io.Writer, limit int, complete bool) {
+	for _, o := range r.Outcomes {
+		fmt.Fprintln(w, describe(o.Outcome))
+	}
+	if !complete {
+		return
+	}
+	c := r.Counts
+	if r.DryRun {
+		fmt.Fprintf(w, "dry run: would replay %d, superseded %d, not replayable %d, "+
+			"of %d dead letters\n", c.WouldReplay, c.Superseded, c.NotReplayable, c.DeadLetters)
+	} else {
+		fmt.Fprintf(w, "replayed %d, duplicate %d, superseded %d, not replayable %d, "+
+			"failed %d, of %d dead letters\n", c.Replayed, c.Duplicate, c.Superseded,
+			c.NotReplayable, c.Failed, c.DeadLetters)
+	}
+	if r.Limited {
+		fmt.Fprintf(w, "(first %d requests only: more match; raise --limit or narrow "+
+			"with --since)\n", limit)
+	}
 }
 
 // describe is one line on what replay did with an entry.
@@ -276,6 +377,9 @@ func describe(o deadletter.Outcome) string {
 	case deadletter.StatusDuplicate:
 		what = fmt.Sprintf("duplicate: %s was published within the last %s, not again",
 			o.MsgID, bus.DedupWindow)
+	case deadletter.StatusSuperseded:
+		what = fmt.Sprintf("superseded by seq %d, the earliest dead letter of this request",
+			o.SupersededBy)
 	case deadletter.StatusNotReplayable:
 		what = "not replayable: " + o.Reason
 	default:
@@ -285,28 +389,4 @@ func describe(o deadletter.Outcome) string {
 		what += " (deleted)"
 	}
 	return head + " " + what
-}
-
-// summarize prints the counts per status; any failure makes it an error.
-func summarize(w io.Writer, f deadletter.Filter, outcomes []deadletter.Outcome,
-	dryRun bool) error {
-	counts := map[deadletter.Status]int{}
-	for _, o := range outcomes {
-		counts[o.Status]++
-	}
-	if dryRun {
-		fmt.Fprintf(w, "dry run: would replay %d, not replayable %d, of %d dead letters\n",
-			counts[deadletter.StatusWouldReplay], counts[deadletter.StatusNotReplayable],
-			len(outcomes))
-	} else {
-		fmt.Fprintf(w, "replayed %d, duplicate %d, not replayable %d, failed %d, "+
-			"of %d dead letters\n", counts[deadletter.StatusReplayed],
-			counts[deadletter.StatusDuplicate], counts[deadletter.StatusNotReplayable],
-			counts[deadletter.StatusFailed], len(outcomes))
-	}
-	noteLimit(w, f, len(outcomes))
-	if n := counts[deadletter.StatusFailed]; n > 0 {
-		return fmt.Errorf("%d of %d replays failed", n, len(outcomes))
-	}
-	return nil
 }

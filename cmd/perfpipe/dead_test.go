@@ -8,6 +8,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/internal/deadletter"
 	"github.com/perfpipe/perfpipe/internal/testenv"
 	"github.com/perfpipe/perfpipe/pkg/events"
@@ -31,6 +32,7 @@ func TestDeadUsage(t *testing.T) {
 		{"replay without filter", []string{"dead", "replay"}, 2},
 		{"replay limit only", []string{"dead", "replay", "--limit", "5"}, 2},
 		{"replay bad since", []string{"dead", "replay", "--since", "soon"}, 2},
+		{"replay bad output", []string{"dead", "replay", "--all", "--output", "xml"}, 2},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -124,13 +126,13 @@ func TestDeadListReplay(t *testing.T) {
 
 	out = cli(0, "dead", "replay", "--id", "job-1,job-3", "--dry-run")
 	if !strings.Contains(out, "would replay to work.submit.sleep as job-1.replay1") ||
-		!strings.Contains(out, "would replay 1, not replayable 1") {
+		!strings.Contains(out, "would replay 1, superseded 0, not replayable 1") {
 		t.Errorf("dry run output:\n%s", out)
 	}
 	out = cli(0, "dead", "replay", "--id", "job-1", "--id", "job-3")
 	if !strings.Contains(out, "seq 1 job-1: replayed to work.submit.sleep as job-1.replay1") ||
 		!strings.Contains(out, "seq 3 job-3: not replayable: no original message") ||
-		!strings.Contains(out, "replayed 1, duplicate 0, not replayable 1, failed 0") {
+		!strings.Contains(out, "replayed 1, duplicate 0, superseded 0, not replayable 1, failed 0") {
 		t.Errorf("replay output:\n%s", out)
 	}
 	out = cli(0, "dead", "replay", "--id", "job-1", "--delete")
@@ -152,12 +154,117 @@ func TestDeadListReplay(t *testing.T) {
 // deadRequest is a dead letter holding a work request.
 func deadRequest(t *testing.T, id, kind, service, reason string) *events.DeadLetter {
 	t.Helper()
-	data, err := events.Marshal(&events.WorkRequest{ID: id, Kind: kind, Attempt: 2})
+	return deadReplay(t, id, kind, service, reason, 0)
+}
+
+// deadReplay is a dead letter holding a work request replayed from dead
+// letter seq replay (zero: not a replay).
+func deadReplay(t *testing.T, id, kind, service, reason string,
+	replay uint64) *events.DeadLetter {
+	t.Helper()
+	req := &events.WorkRequest{ID: id, Kind: kind, Attempt: 2, Replay: replay}
+	data, err := events.Marshal(req)
 	if err != nil {
 		t.Fatal(err)
 	}
 	return &events.DeadLetter{
 		ID: id, Kind: kind, Subject: events.SubmitSubject(kind), Service: service,
 		Reason: reason, Error: "gave up on " + id, Attempts: 2, Data: data,
+	}
+}
+
+// TestDeadReplaySuperseded replays, through the CLI, requests that failed
+// again after a replay: one publish per request, the later dead letters
+// superseded, and nothing published by a second run.
+func TestDeadReplaySuperseded(t *testing.T) {
+	url := testenv.NATS(t)
+	conn := testenv.Conn(t, url)
+	ctx := context.Background()
+	for _, dl := range []*events.DeadLetter{
+		deadRequest(t, "job-1", "http", "agent", "PERMANENT failure"),
+		deadRequest(t, "job-2", "http", "agent", "permanent failure"),
+		deadReplay(t, "job-1", "http", "agent", "permanent failure", 1),
+		deadReplay(t, "job-2", "http", "agent", "permanent failure", 2),
+	} {
+		if err := conn.DeadLetter(ctx, dl); err != nil {
+			t.Fatalf("dead letter: %v", err)
+		}
+	}
+	replay := func(args ...string) string {
+		t.Helper()
+		var out bytes.Buffer
+		args = append([]string{"dead", "replay", "--reason", "permanent", "--kind", "http",
+			"--nats-url", url}, args...)
+		if got := run(ctx, args, &out); got != 0 {
+			t.Fatalf("run(%q) = %d, want 0; output:\n%s", args, got, out.String())
+		}
+		return out.String()
+	}
+
+	tests := []struct {
+		name string
+		args []string
+		want []string
+	}{
+		{"dry run", []string{"--dry-run"}, []string{
+			"seq 1 job-1: would replay to work.submit.http as job-1.replay1",
+			"seq 3 job-1: superseded by seq 1",
+			"would replay 2, superseded 2, not replayable 0, of 4 dead letters",
+		}},
+		{"limit counts requests", []string{"--dry-run", "--limit", "1"}, []string{
+			"seq 3 job-1: superseded by seq 1",
+			"would replay 1, superseded 1, not replayable 0, of 2 dead letters",
+			"first 1 requests only",
+		}},
+		{"first run", nil, []string{
+			"seq 2 job-2: replayed to work.submit.http as job-2.replay2",
+			"seq 4 job-2: superseded by seq 2",
+			"replayed 2, duplicate 0, superseded 2, not replayable 0, failed 0, of 4",
+		}},
+		{"second run", nil, []string{
+			"seq 1 job-1: duplicate: job-1.replay1",
+			"replayed 0, duplicate 2, superseded 2, not replayable 0, failed 0, of 4",
+		}},
+		{"one id", []string{"--id", "job-1"}, []string{
+			"replayed 0, duplicate 1, superseded 1, not replayable 0, failed 0, of 2",
+		}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out := replay(tt.args...)
+			for _, want := range tt.want {
+				if !strings.Contains(out, want) {
+					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+		})
+	}
+
+	var rep replayReport
+	out := replay("--output", "json")
+	if err := json.Unmarshal([]byte(out), &rep); err != nil {
+		t.Fatalf("replay json: %v\n%s", err, out)
+	}
+	want := replayCounts{Duplicate: 2, Superseded: 2, DeadLetters: 4}
+	if rep.Counts != want || len(rep.Outcomes) != 4 || rep.Outcomes[2].SupersededBy != 1 {
+		t.Errorf("json report = %+v, want counts %+v and seq 3 superseded by 1", rep, want)
+	}
+	checkWorkStream(t, conn, 2)
+}
+
+// checkWorkStream checks how many requests the work stream holds.
+func checkWorkStream(t *testing.T, conn *bus.Conn, want uint64) {
+	t.Helper()
+	ctx := context.Background()
+	stream, err := conn.JS.Stream(ctx, events.StreamWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if info.State.Msgs != want {
+		t.Errorf("%s holds %d messages, want %d", events.StreamWork, info.State.Msgs, want)
 	}
 }

@@ -3,6 +3,8 @@ package deadletter
 import (
 	"context"
 	"errors"
+	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -349,5 +351,266 @@ func checkReplayed(t *testing.T, conn *bus.Conn, seq uint64, subject, msgID, id 
 	if req.ID != id || req.Attempt != 0 || !req.Trace.Accepted.IsZero() ||
 		time.Since(req.Trace.Submitted) > time.Minute || string(req.Payload) != `{"ms":1}` {
 		t.Errorf("replayed request = %+v", req)
+	}
+}
+
+// replayFixture publishes dead letters as a failing replay leaves them:
+// the originals of r1 (sleep) and r2 (http) at seq 1-2, undecodable data
+// at 3, then the dead letters of their replays, which failed again: r1
+// from seq 1 at 4 and 6, r2 from seq 2 at 5.
+func replayFixture(t *testing.T, conn *bus.Conn) {
+	t.Helper()
+	ctx := context.Background()
+	req := func(id, kind string, replay uint64) *events.WorkRequest {
+		return &events.WorkRequest{
+			ID: id, Kind: kind, Payload: events.Payload(`{"ms":1}`), Attempt: 1,
+			Replay: replay,
+		}
+	}
+	letters := []events.DeadLetter{
+		deadLetter(t, "r1", "sleep", req("r1", "sleep", 0)),
+		deadLetter(t, "r2", "http", req("r2", "http", 0)),
+		{ID: "b1", Kind: "sleep", Data: []byte("\xc1\x00garbage")},
+		deadLetter(t, "r1", "sleep", req("r1", "sleep", 1)),
+		deadLetter(t, "r2", "http", req("r2", "http", 2)),
+		deadLetter(t, "r1", "sleep", req("r1", "sleep", 1)),
+	}
+	for i := range letters {
+		dl := &letters[i]
+		dl.Service, dl.Reason, dl.Time = "agent", "permanent failure", time.Now()
+		if err := conn.DeadLetter(ctx, dl); err != nil {
+			t.Fatalf("dead letter %s: %v", dl.ID, err)
+		}
+	}
+}
+
+// TestReplaySuperseded replays, twice, dead letters of which some are the
+// same request failing again after a replay: each request is published
+// once, from its earliest dead letter, and the second run publishes
+// nothing.
+func TestReplaySuperseded(t *testing.T) {
+	const (
+		re  = StatusReplayed
+		dup = StatusDuplicate
+		sup = StatusSuperseded
+		not = StatusNotReplayable
+	)
+	tests := []struct {
+		name    string
+		f       Filter
+		reverse bool // hand Replay the entries newest first
+		delete  bool
+		drop    uint64 // a dead letter deleted before replaying
+		first   []Status
+		second  []Status
+		by      []uint64 // SupersededBy per entry
+		msgIDs  []string // on the work stream after both runs
+		left    []uint64 // dead letters left after both runs
+	}{
+		{
+			name:   "originals and their replays' dead letters",
+			first:  []Status{re, re, not, sup, sup, sup},
+			second: []Status{dup, dup, not, sup, sup, sup},
+			by:     []uint64{0, 0, 0, 1, 2, 1},
+			msgIDs: []string{"r1.replay1", "r2.replay2"},
+			left:   []uint64{1, 2, 3, 4, 5, 6},
+		},
+		{
+			name:    "newest first",
+			f:       Filter{Kind: "sleep"},
+			reverse: true,
+			first:   []Status{re, not, sup, sup},
+			second:  []Status{dup, not, sup, sup},
+			by:      []uint64{0, 0, 1, 1},
+			msgIDs:  []string{"r1.replay1"},
+			left:    []uint64{1, 2, 3, 4, 5, 6},
+		},
+		{
+			name:   "one id with three dead letters",
+			f:      Filter{IDs: []string{"r1"}},
+			first:  []Status{re, sup, sup},
+			second: []Status{dup, sup, sup},
+			by:     []uint64{0, 1, 1},
+			msgIDs: []string{"r1.replay1"},
+			left:   []uint64{1, 2, 3, 4, 5, 6},
+		},
+		{
+			name:   "without the original",
+			f:      Filter{IDs: []string{"r1"}},
+			drop:   1,
+			first:  []Status{re, sup},
+			second: []Status{dup, sup},
+			by:     []uint64{0, 4},
+			msgIDs: []string{"r1.replay4"},
+			left:   []uint64{2, 3, 4, 5, 6},
+		},
+		{
+			name:   "undecodable data alone",
+			f:      Filter{IDs: []string{"b1"}},
+			first:  []Status{not},
+			second: []Status{not},
+			by:     []uint64{0},
+			left:   []uint64{1, 2, 3, 4, 5, 6},
+		},
+		{
+			name:   "delete takes the superseded along",
+			delete: true,
+			first:  []Status{re, re, not, sup, sup, sup},
+			second: []Status{not}, // the replayed ones are gone
+			by:     []uint64{0, 0, 0, 1, 2, 1},
+			msgIDs: []string{"r1.replay1", "r2.replay2"},
+			left:   []uint64{3},
+		},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			conn := testenv.Conn(t, testenv.NATS(t))
+			replayFixture(t, conn)
+			dropDead(t, conn, tt.drop)
+			opts := ReplayOptions{Delete: tt.delete}
+
+			dry := replayMatches(t, conn, tt.f, tt.reverse, ReplayOptions{DryRun: true})
+			checkStatuses(t, "dry run", dry, wouldReplay(tt.first))
+			checkSupersededBy(t, dry, tt.by)
+			checkWorkMsgIDs(t, conn, nil)
+
+			first := replayMatches(t, conn, tt.f, tt.reverse, opts)
+			checkStatuses(t, "first run", first, tt.first)
+			checkSupersededBy(t, first, tt.by)
+			second := replayMatches(t, conn, tt.f, tt.reverse, opts)
+			checkStatuses(t, "second run", second, tt.second)
+			checkWorkMsgIDs(t, conn, tt.msgIDs)
+
+			left, err := List(context.Background(), conn.JS, Filter{})
+			if err != nil {
+				t.Fatalf("List: %v", err)
+			}
+			if diff := cmp.Diff(tt.left, seqs(left)); diff != "" {
+				t.Errorf("dead letters left (-want +got):\n%s", diff)
+			}
+		})
+	}
+}
+
+// dropDead deletes seq from the dead-letter stream, unless zero.
+func dropDead(t *testing.T, conn *bus.Conn, seq uint64) {
+	t.Helper()
+	if seq == 0 {
+		return
+	}
+	ctx := context.Background()
+	stream, err := conn.JS.Stream(ctx, events.StreamDead)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := stream.DeleteMsg(ctx, seq); err != nil {
+		t.Fatalf("delete dead seq %d: %v", seq, err)
+	}
+}
+
+// replayMatches lists the entries that match f and replays them.
+func replayMatches(t *testing.T, conn *bus.Conn, f Filter, reverse bool,
+	opts ReplayOptions) []Outcome {
+	t.Helper()
+	ctx := context.Background()
+	entries, err := List(ctx, conn.JS, f)
+	if err != nil {
+		t.Fatalf("List: %v", err)
+	}
+	if reverse {
+		slices.Reverse(entries)
+	}
+	outs, err := Replay(ctx, conn, entries, opts)
+	if err != nil {
+		t.Fatalf("Replay: %v", err)
+	}
+	return outs
+}
+
+// wouldReplay is statuses as a dry run reports them.
+func wouldReplay(statuses []Status) []Status {
+	out := slices.Clone(statuses)
+	for i, s := range out {
+		if s == StatusReplayed {
+			out[i] = StatusWouldReplay
+		}
+	}
+	return out
+}
+
+func checkSupersededBy(t *testing.T, outs []Outcome, want []uint64) {
+	t.Helper()
+	got := make([]uint64, len(outs))
+	for i, o := range outs {
+		got[i] = o.SupersededBy
+		if o.Status == StatusSuperseded && o.MsgID == "" {
+			t.Errorf("superseded seq %d has no msg id", o.Entry.Seq)
+		}
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("superseded by (-want +got):\n%s", diff)
+	}
+}
+
+// checkWorkMsgIDs reads the work stream: one message per wanted msg id.
+func checkWorkMsgIDs(t *testing.T, conn *bus.Conn, want []string) {
+	t.Helper()
+	ctx := context.Background()
+	stream, err := conn.JS.Stream(ctx, events.StreamWork)
+	if err != nil {
+		t.Fatal(err)
+	}
+	info, err := stream.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for seq := info.State.FirstSeq; seq <= info.State.LastSeq && info.State.Msgs > 0; seq++ {
+		msg, err := stream.GetMsg(ctx, seq)
+		if err != nil {
+			t.Fatalf("get %s seq %d: %v", events.StreamWork, seq, err)
+		}
+		got = append(got, msg.Header.Get(jetstream.MsgIDHeader))
+	}
+	if diff := cmp.Diff(want, got); diff != "" {
+		t.Errorf("%s msg ids (-want +got):\n%s", events.StreamWork, diff)
+	}
+}
+
+func TestLimitRequests(t *testing.T) {
+	req := func(id string) events.DeadLetter {
+		return deadLetter(t, id, "sleep", &events.WorkRequest{ID: id, Kind: "sleep"})
+	}
+	// r1 at 1 and 4, r2 at 2 and 5, undecodable at 3, r3 at 6.
+	entries := []Entry{
+		{Seq: 1, DeadLetter: req("r1")},
+		{Seq: 2, DeadLetter: req("r2")},
+		{Seq: 3, DeadLetter: events.DeadLetter{ID: "b", Data: []byte("\xc1")}},
+		{Seq: 4, DeadLetter: req("r1")},
+		{Seq: 5, DeadLetter: req("r2")},
+		{Seq: 6, DeadLetter: req("r3")},
+	}
+	tests := []struct {
+		n       int
+		want    []uint64
+		wantCut bool
+	}{
+		{0, []uint64{1, 2, 3, 4, 5, 6}, false},
+		{1, []uint64{1, 4}, true},
+		{2, []uint64{1, 2, 4, 5}, true},
+		{3, []uint64{1, 2, 3, 4, 5}, true},
+		{4, []uint64{1, 2, 3, 4, 5, 6}, false},
+		{10, []uint64{1, 2, 3, 4, 5, 6}, false},
+	}
+	for _, tt := range tests {
+		t.Run(strconv.Itoa(tt.n), func(t *testing.T) {
+			in := slices.Clone(entries)
+			slices.Reverse(in) // order does not matter
+			got, cut := LimitRequests(in, tt.n, time.Now())
+			if diff := cmp.Diff(tt.want, seqs(got)); diff != "" || cut != tt.wantCut {
+				t.Errorf("LimitRequests(%d) cut %v, want %v; seqs (-want +got):\n%s",
+					tt.n, cut, tt.wantCut, diff)
+			}
+		})
 	}
 }

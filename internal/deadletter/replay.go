@@ -1,9 +1,11 @@
 package deadletter
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -19,7 +21,8 @@ type ReplayOptions struct {
 	// DryRun decides each entry's outcome without publishing or deleting.
 	DryRun bool
 	// Delete removes an entry from the dead-letter stream once its request
-	// is back on the submit subject (replayed now or before). Default keep.
+	// is back on the submit subject (replayed now or before), and with it
+	// the entries it superseded. Default keep.
 	Delete bool
 }
 
@@ -35,6 +38,10 @@ const (
 	StatusDuplicate Status = "duplicate"
 	// StatusWouldReplay is a dry run's StatusReplayed.
 	StatusWouldReplay Status = "would replay"
+	// StatusSuperseded means an earlier entry of the same request ID is
+	// replayed in this one's place (the same work failed again after a
+	// replay); SupersededBy names it. Dry runs report it too.
+	StatusSuperseded Status = "superseded"
 	// StatusNotReplayable means the entry holds no work request to
 	// replay; Reason says why.
 	StatusNotReplayable Status = "not replayable"
@@ -46,11 +53,15 @@ const (
 type Outcome struct {
 	Entry  Entry  `json:"entry"`
 	Status Status `json:"status"`
-	// Subject and MsgID are where and as what the request was published.
+	// Subject and MsgID are where and as what the request was published;
+	// for a superseded entry, those of the entry replayed in its place.
 	Subject string `json:"subject,omitempty"`
 	MsgID   string `json:"msg_id,omitempty"`
 	// Reason says why an entry is not replayable.
 	Reason string `json:"reason,omitempty"`
+	// SupersededBy is the sequence of the entry replayed in this one's
+	// place, the earliest of its request ID.
+	SupersededBy uint64 `json:"superseded_by,omitempty"`
 	// Deleted reports that the entry was removed from the stream.
 	Deleted bool  `json:"deleted,omitempty"`
 	Err     error `json:"-"`
@@ -58,12 +69,18 @@ type Outcome struct {
 
 // Replay publishes the work request of each entry back to
 // events.SubmitSubject(kind), with its attempt count and trace reset, and
-// returns one outcome per entry in order. It returns an error, with the
-// outcomes so far, only when ctx ends or the stream cannot be reached for
-// deletes; a failure of one entry is in its outcome.
-// The replayed request carries the dead letter's sequence (Replay), which
-// is part of its message IDs on every stream, so the ready and results
-// streams do not take it for the original.
+// returns one outcome per entry, in stream sequence order. It returns an
+// error, with the outcomes so far, only when ctx ends or the stream cannot
+// be reached for deletes; a failure of one entry is in its outcome.
+//
+// A run replays each request ID at most once: of the entries holding the
+// same request ID, only the earliest (lowest sequence) is published, and
+// the later ones, the same work dead-lettered again after a replay, are
+// StatusSuperseded. The replayed request carries the sequence of the entry
+// it was replayed from (Replay), which is part of its message IDs on every
+// stream, so the ready and results streams do not take it for the
+// original, and a second run within the de-duplication window is dropped
+// as a duplicate.
 func Replay(ctx context.Context, conn *bus.Conn, entries []Entry,
 	opts ReplayOptions) ([]Outcome, error) {
 	var dead jetstream.Stream
@@ -74,26 +91,48 @@ func Replay(ctx context.Context, conn *bus.Conn, entries []Entry,
 		}
 	}
 
-	outcomes := make([]Outcome, 0, len(entries))
-	for _, e := range entries {
+	r := &run{conn: conn, dead: dead, opts: opts, now: time.Now(), first: map[string]int{}}
+	r.outcomes = make([]Outcome, 0, len(entries))
+	for _, e := range bySeq(entries) {
 		if err := ctx.Err(); err != nil {
-			return outcomes, fmt.Errorf("replay: %w", err)
+			return r.outcomes, fmt.Errorf("replay: %w", err)
 		}
-		outcomes = append(outcomes, replayOne(ctx, conn, dead, e, opts))
+		r.outcomes = append(r.outcomes, r.entry(ctx, e))
 	}
-	return outcomes, nil
+	return r.outcomes, nil
 }
 
-// replayOne publishes the request of e and deletes e when asked; dead is
-// nil unless deleting.
-func replayOne(ctx context.Context, conn *bus.Conn, dead jetstream.Stream, e Entry,
-	opts ReplayOptions) Outcome {
-	out := Outcome{Entry: e}
-	req, err := Request(e, time.Now())
+// run is the state of one Replay call.
+type run struct {
+	conn *bus.Conn
+	dead jetstream.Stream // nil unless deleting
+	opts ReplayOptions
+	now  time.Time
+	// first maps a request ID to the index in outcomes of its earliest
+	// entry, the one replayed.
+	first    map[string]int
+	outcomes []Outcome
+}
+
+// entry replays e, or supersedes it when an earlier entry of its request
+// ID came first.
+func (r *run) entry(ctx context.Context, e Entry) Outcome {
+	req, err := Request(e, r.now)
 	if err != nil {
-		out.Status, out.Reason = StatusNotReplayable, err.Error()
-		return out
+		return Outcome{Entry: e, Status: StatusNotReplayable, Reason: err.Error()}
 	}
+	if i, ok := r.first[req.ID]; ok {
+		return supersede(ctx, r.dead, e, r.outcomes[i])
+	}
+	r.first[req.ID] = len(r.outcomes)
+	return replayOne(ctx, r.conn, r.dead, e, req, r.opts)
+}
+
+// replayOne publishes req, the request of e, and deletes e when asked;
+// dead is nil unless deleting.
+func replayOne(ctx context.Context, conn *bus.Conn, dead jetstream.Stream, e Entry,
+	req *events.WorkRequest, opts ReplayOptions) Outcome {
+	out := Outcome{Entry: e}
 	out.Subject, out.MsgID = events.SubmitSubject(req.Kind), events.SubmitMsgID(req)
 	if opts.DryRun {
 		out.Status = StatusWouldReplay
@@ -111,15 +150,89 @@ func replayOne(ctx context.Context, conn *bus.Conn, dead jetstream.Stream, e Ent
 	}
 
 	if dead != nil {
-		err := dead.DeleteMsg(ctx, e.Seq)
-		if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
-			out.Status = StatusFailed
-			out.Err = fmt.Errorf("delete %s seq %d: %w", events.StreamDead, e.Seq, err)
+		if err := deleteEntry(ctx, dead, e.Seq); err != nil {
+			out.Status, out.Err = StatusFailed, err
 			return out
 		}
 		out.Deleted = true
 	}
 	return out
+}
+
+// supersede reports e as replaced by the earlier entry of its request
+// whose outcome is by, and deletes e when by was deleted: its request is
+// then back on the submit subject too.
+func supersede(ctx context.Context, dead jetstream.Stream, e Entry, by Outcome) Outcome {
+	out := Outcome{
+		Entry: e, Status: StatusSuperseded, Subject: by.Subject, MsgID: by.MsgID,
+		SupersededBy: by.Entry.Seq,
+	}
+	if dead == nil || !by.Deleted {
+		return out
+	}
+	if err := deleteEntry(ctx, dead, e.Seq); err != nil {
+		out.Status, out.Err = StatusFailed, err
+		return out
+	}
+	out.Deleted = true
+	return out
+}
+
+// deleteEntry removes seq from the dead stream; one already gone is fine.
+func deleteEntry(ctx context.Context, dead jetstream.Stream, seq uint64) error {
+	err := dead.DeleteMsg(ctx, seq)
+	if err != nil && !errors.Is(err, jetstream.ErrMsgNotFound) {
+		return fmt.Errorf("delete %s seq %d: %w", events.StreamDead, seq, err)
+	}
+	return nil
+}
+
+// LimitRequests keeps the entries of the first n requests in entries, in
+// stream sequence order, and reports whether it left any out. All entries
+// of one request ID count as one request, so that a limit never keeps a
+// later entry without the earliest that Replay replays in its place; an
+// entry holding no replayable request (see Request, at now) counts as one
+// on its own. n zero or less keeps all.
+func LimitRequests(entries []Entry, n int, now time.Time) ([]Entry, bool) {
+	if n <= 0 {
+		return bySeq(entries), false
+	}
+
+	var kept []Entry
+	taken := map[string]bool{}
+	cut := false
+	for _, e := range bySeq(entries) {
+		id, ok := requestID(e, now)
+		switch {
+		case ok && taken[id]:
+			kept = append(kept, e)
+		case n == 0:
+			cut = true
+		default:
+			n--
+			if ok {
+				taken[id] = true
+			}
+			kept = append(kept, e)
+		}
+	}
+	return kept, cut
+}
+
+// requestID is the ID of the request Replay would publish for e, if any.
+func requestID(e Entry, now time.Time) (string, bool) {
+	req, err := Request(e, now)
+	if err != nil {
+		return "", false
+	}
+	return req.ID, true
+}
+
+// bySeq returns entries sorted by stream sequence, leaving entries as is.
+func bySeq(entries []Entry) []Entry {
+	return slices.SortedStableFunc(slices.Values(entries), func(a, b Entry) int {
+		return cmp.Compare(a.Seq, b.Seq)
+	})
 }
 
 // Request returns the work request to replay from e, submitted at now, or
