@@ -92,8 +92,9 @@ func (h *httpHandler) checkRedirect(req *http.Request, via []*http.Request) erro
 	return h.checkHost(req.URL)
 }
 
-// Handle implements Handler. Transport errors, 429 and 5xx are transient;
-// any other status is a success that the output reports.
+// Handle implements Handler. Transport errors and the statuses that a
+// later attempt may pass (see retryStatus) are transient; any other status
+// is a success that the output reports.
 func (h *httpHandler) Handle(
 	ctx context.Context, req *events.WorkRequest,
 ) (events.Payload, error) {
@@ -118,7 +119,7 @@ func (h *httpHandler) Handle(
 	switch {
 	case err != nil:
 		return nil, fmt.Errorf("http %s: read body: %w", op, err)
-	case resp.StatusCode == http.StatusTooManyRequests || resp.StatusCode >= 500:
+	case retryStatus(resp.StatusCode):
 		return nil, fmt.Errorf("http %s: status %d", op, resp.StatusCode)
 	case n > h.maxBody:
 		return nil, Permanentf("http %s: body over %d bytes", op, h.maxBody)
@@ -130,6 +131,19 @@ func (h *httpHandler) Handle(
 		SHA256:    hex.EncodeToString(sum.Sum(nil)),
 		LatencyMS: float64(latency.Microseconds()) / 1000,
 	})
+}
+
+// retryStatus reports whether a response status says that the same
+// request may succeed later: 408, 429 and the 5xx statuses except 501 and
+// 505, which say the server will never take it.
+func retryStatus(code int) bool {
+	switch code {
+	case http.StatusRequestTimeout, http.StatusTooManyRequests:
+		return true
+	case http.StatusNotImplemented, http.StatusHTTPVersionNotSupported:
+		return false
+	}
+	return code >= 500 && code <= 599
 }
 
 // request builds the HTTP request a payload describes. Its errors are

@@ -53,6 +53,22 @@ func sha(s string) string {
 	return hex.EncodeToString(sum[:])
 }
 
+func TestRetryStatus(t *testing.T) {
+	tests := []struct {
+		code int
+		want bool
+	}{
+		{200, false}, {302, false}, {400, false}, {404, false}, {408, true}, {429, true},
+		{500, true}, {501, false}, {502, true}, {503, true}, {504, true}, {505, false},
+		{599, true}, {600, false},
+	}
+	for _, tt := range tests {
+		if got := retryStatus(tt.code); got != tt.want {
+			t.Errorf("retryStatus(%d) = %v, want %v", tt.code, got, tt.want)
+		}
+	}
+}
+
 func TestHTTPHandler(t *testing.T) {
 	srv := testSite(t)
 	localhostURL := strings.Replace(srv.URL, "127.0.0.1", "localhost", 1)
