@@ -33,6 +33,12 @@ func TestUsageErrors(t *testing.T) {
 		{"negative rate", []string{"submit", "--rate", "-5"}, 2},
 		{"submit argument", []string{"submit", "extra"}, 2},
 		{"missing file", []string{"submit", "--file", "/nonexistent.jsonl"}, 2},
+		{"zero timeout", []string{"submit", "--timeout", "0s"}, 2},
+		{"negative timeout", []string{"submit", "--timeout", "-1s"}, 2},
+		{"reserved priority 0", []string{"scheduler", "--reserved-priority", "0"}, 2},
+		{"reserved priority 10", []string{"up", "--reserved-priority", "10"}, 2},
+		{"reserved priority -1", []string{"scheduler", "--reserved-priority", "-1"}, 2},
+		{"reserved priority text", []string{"scheduler", "--reserved-priority", "high"}, 2},
 		{"bad log level", []string{"scheduler", "--log-level", "loud"}, 2},
 		{"stray argument", []string{"batcher", "extra"}, 2},
 		{"bad listen", []string{"up", "--listen", "nowhere"}, 2},
@@ -58,10 +64,11 @@ func TestReadRequests(t *testing.T) {
 		return p
 	}
 	good := write("good.jsonl", `{"payload":{"ms":1}}`+"\n\n"+`{"id":"x","kind":"http","priority":9}`+"\n")
-	reqs, err := readRequests(good, "sleep", "p")
+	sub, err := readRequests(good, "sleep", "p", maxLineBytes)
 	if err != nil {
 		t.Fatalf("readRequests: %v", err)
 	}
+	reqs := sub.reqs
 	if len(reqs) != 2 || reqs[0].Kind != "sleep" || reqs[0].ID != "p-1" ||
 		reqs[1].ID != "x" || reqs[1].Kind != "http" || reqs[1].Priority != 9 {
 		t.Errorf("requests = %+v, %+v", reqs[0], reqs[1])
@@ -74,7 +81,7 @@ func TestReadRequests(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			_, err := readRequests(write(tt.name, tt.body), "sleep", "p")
+			_, err := readRequests(write(tt.name, tt.body), "sleep", "p", maxLineBytes)
 			if err == nil || !strings.Contains(err.Error(), tt.want) {
 				t.Errorf("error = %v, want it to mention %q", err, tt.want)
 			}

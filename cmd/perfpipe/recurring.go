@@ -127,9 +127,11 @@ func addRecurring(ctx context.Context, stdout io.Writer, s *scheduler.RecurringS
 	if err != nil {
 		return err
 	}
+	// Validate refused schedules without a tick, so first is set.
 	sched, _ := def.Schedule()
+	first := sched.Next(def.Created)
 	fmt.Fprintf(stdout, "recurring %s added; first tick %s\n", def.ID,
-		sched.Next(def.Created).Local().Format(time.DateTime))
+		first.Local().Format(time.DateTime))
 	return nil
 }
 

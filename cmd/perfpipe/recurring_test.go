@@ -23,6 +23,8 @@ func TestRecurringUsage(t *testing.T) {
 			"--kind", "sleep"}, 2},
 		{"add every and cron", []string{"recurring", "add", "--id", "x", "--every", "1m",
 			"--cron", "@daily", "--kind", "sleep"}, 2},
+		{"add never fires", []string{"recurring", "add", "--id", "x", "--cron", "0 0 30 2 *",
+			"--kind", "sleep"}, 2},
 		{"add too often", []string{"recurring", "add", "--id", "x", "--every", "10ms",
 			"--kind", "sleep"}, 2},
 		{"add no kind", []string{"recurring", "add", "--id", "x", "--every", "1m"}, 2},
@@ -57,6 +59,11 @@ func TestRecurringAddListRemove(t *testing.T) {
 
 	cli(0, "recurring", "add", "--id", "nightly", "--cron", "0 3 * * *", "--kind", "sleep",
 		"--payload", `{"ms":5}`, "--priority", "2")
+	if out := cli(0, "recurring", "add", "--id", "leap", "--cron", "0 0 29 2 *",
+		"--kind", "sleep"); !strings.Contains(out, "first tick 20") {
+		t.Errorf("add leap day: want a first tick in this century: %s", out)
+	}
+	cli(0, "recurring", "remove", "--id", "leap")
 	cli(0, "recurring", "add", "--id", "often", "--every", "1m", "--kind", "http")
 	cli(1, "recurring", "add", "--id", "often", "--every", "2m", "--kind", "http")
 	cli(0, "recurring", "add", "--id", "often", "--every", "2m", "--kind", "http", "--replace")

@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,6 +19,7 @@ import (
 	"github.com/perfpipe/perfpipe/internal/api"
 	"github.com/perfpipe/perfpipe/internal/bus"
 	"github.com/perfpipe/perfpipe/internal/cache"
+	"github.com/perfpipe/perfpipe/pkg/events"
 	"github.com/perfpipe/perfpipe/services/agent"
 	"github.com/perfpipe/perfpipe/services/aggregator"
 	"github.com/perfpipe/perfpipe/services/batcher"
@@ -42,17 +44,31 @@ type wiring struct {
 func (w *wiring) bindScheduler(fs *flag.FlagSet) {
 	c := &w.scheduler
 	fs.IntVar(&c.MaxInFlight, "max-in-flight", scheduler.DefaultMaxInFlight,
-		"released items without a result yet; higher priorities wait for this credit")
+		"released items without a result yet; higher priorities wait for this credit; "+
+			"negative: no limit")
 	fs.DurationVar(&c.AgingInterval, "aging", scheduler.DefaultAgingInterval,
 		"waiting time that raises an item's priority by one; negative turns aging off")
 	fs.DurationVar(&c.InFlightTimeout, "in-flight-timeout", scheduler.DefaultInFlightTimeout,
 		"time after which a released item without a result stops holding credit")
 	fs.IntVar(&c.ReservedInFlight, "reserved-in-flight", 0,
 		"part of --max-in-flight only items of --reserved-priority or higher may use")
-	fs.IntVar(&c.ReservedPriority, "reserved-priority", scheduler.DefaultReservedPriority,
-		"lowest priority (1-9) that may use the reserved in-flight credit")
+	c.ReservedPriority = scheduler.DefaultReservedPriority
+	fs.Func("reserved-priority", fmt.Sprintf("lowest priority, 1-9, that may use the "+
+		"reserved in-flight credit (default %d)", scheduler.DefaultReservedPriority),
+		func(v string) error { return parsePriority(v, &c.ReservedPriority) })
 	fs.StringVar(&c.RecurringBucket, "recurring-bucket", scheduler.DefaultRecurringBucket,
 		"key-value bucket of the recurring definitions (perfpipe recurring --bucket)")
+}
+
+// parsePriority sets *p to v, a priority of 1 to 9. Zero is refused: in
+// the scheduler's Config it would mean the default, not priority 0.
+func parsePriority(v string, p *int) error {
+	n, err := strconv.Atoi(v)
+	if err != nil || n < 1 || n > events.MaxPriority {
+		return fmt.Errorf("%q: want 1 to %d", v, events.MaxPriority)
+	}
+	*p = n
+	return nil
 }
 
 func (w *wiring) bindBatcher(fs *flag.FlagSet) {

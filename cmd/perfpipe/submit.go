@@ -5,10 +5,12 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"io"
 	"os"
 	"strconv"
+	"strings"
 	"sync"
 	"time"
 
@@ -46,9 +48,11 @@ func submitCommand(stdout io.Writer) *ffcli.Command {
 	fs.Float64Var(&f.rate, "rate", 0, "requests per second; 0 means as fast as possible")
 	fs.IntVar(&f.priority, "priority", 0, "priority 0-9, higher first")
 	fs.DurationVar(&f.delay, "delay", 0, "hold each request back this long")
-	fs.StringVar(&f.file, "file", "", "JSON-lines file of work requests (replaces --kind/--payload/-n)")
+	fs.StringVar(&f.file, "file", "", "JSON-lines file of work requests (replaces "+
+		"--kind/--payload/-n); a repeated id is submitted once")
 	fs.BoolVar(&f.wait, "wait", true, "wait for the results and print a summary")
-	fs.DurationVar(&f.timeout, "timeout", 2*time.Minute, "how long to wait for the results")
+	fs.DurationVar(&f.timeout, "timeout", 2*time.Minute,
+		"how long to wait for the results; more than 0")
 	fs.StringVar(&f.output, "output", "text", "summary format: text or json")
 
 	return &ffcli.Command{
@@ -71,7 +75,7 @@ func runSubmit(ctx context.Context, stdout io.Writer, g *globals, f *submitFlags
 	if err != nil {
 		return err
 	}
-	reqs, err := f.requests()
+	sub, err := f.submission()
 	if err != nil {
 		return err
 	}
@@ -81,29 +85,31 @@ func runSubmit(ctx context.Context, stdout io.Writer, g *globals, f *submitFlags
 		return err
 	}
 	defer conn.Close()
+	if err := sub.checkSizes(conn.NC.MaxPayload()); err != nil {
+		return err
+	}
 	if err := conn.EnsureStreams(ctx); err != nil {
 		return err
 	}
 
 	// Listen before publishing so that no result is missed.
-	var results jetstream.ConsumeContext
-	tally := newTally(reqs, f.output == "text" && term.IsTerminal(int(os.Stderr.Fd())))
+	start := time.Now()
+	tally := newTally(sub, f.output == "text" && term.IsTerminal(int(os.Stderr.Fd())))
 	if f.wait {
-		results, err = consumeResults(ctx, conn, tally)
+		results, err := consumeResults(ctx, conn, sub, tally, start)
 		if err != nil {
 			return err
 		}
 		defer results.Stop()
 	}
 
-	start := time.Now()
-	dups, err := publishAll(ctx, conn, reqs, f.rate)
+	dups, err := publishAll(ctx, conn, sub.reqs, f.rate)
 	if err != nil {
 		return err
 	}
 	tally.duplicates(dups)
 	if !f.wait {
-		fmt.Fprintf(stdout, "submitted %d requests\n", len(reqs))
+		fmt.Fprintf(stdout, "submitted %d requests\n", len(sub.reqs))
 		return nil
 	}
 
@@ -116,17 +122,38 @@ func runSubmit(ctx context.Context, stdout io.Writer, g *globals, f *submitFlags
 	return tally.report(stdout, f.output, time.Since(start))
 }
 
-// requests builds the work requests from the flags or the file.
-func (f *submitFlags) requests() ([]*events.WorkRequest, error) {
+// submission is what one run of submit publishes.
+type submission struct {
+	reqs []*events.WorkRequest
+	// lines holds the file line of each request; nil without --file.
+	lines []int
+	// repeated counts file lines whose id an earlier line already had;
+	// only the first of them is submitted.
+	repeated int
+	// givenIDs says some request carries an id from the file, which may
+	// have run before this submission.
+	givenIDs bool
+}
+
+// maxLineBytes bounds one line of --file: 64 MiB, the largest payload a
+// NATS server accepts (its default max_pending). The server's own
+// max_payload (1 MiB by default) is checked after connecting.
+const maxLineBytes = 64 << 20
+
+// submission builds the work requests from the flags or the file.
+func (f *submitFlags) submission() (*submission, error) {
 	if err := checkOutput(f.output); err != nil {
 		return nil, err
 	}
 	if f.rate < 0 {
 		return nil, fmt.Errorf("%w: --rate %v: want 0 (no limit) or more", errUsage, f.rate)
 	}
+	if f.timeout <= 0 {
+		return nil, fmt.Errorf("%w: --timeout %s: want more than 0", errUsage, f.timeout)
+	}
 	prefix := nuid.Next()
 	if f.file != "" {
-		return readRequests(f.file, f.kind, prefix)
+		return readRequests(f.file, f.kind, prefix, maxLineBytes)
 	}
 	if f.n < 1 {
 		return nil, fmt.Errorf("%w: -n %d: want at least 1", errUsage, f.n)
@@ -144,47 +171,97 @@ func (f *submitFlags) requests() ([]*events.WorkRequest, error) {
 			return nil, fmt.Errorf("%w: %v", errUsage, err)
 		}
 	}
-	return reqs, nil
+	return &submission{reqs: reqs}, nil
 }
 
-// readRequests reads one JSON work request per line; blank lines are
-// skipped. A request without id or kind gets one.
-func readRequests(path, kind, prefix string) ([]*events.WorkRequest, error) {
+// readRequests reads one JSON work request per line, of at most maxLine
+// bytes; blank lines are skipped. A request without id or kind gets one.
+// A line whose id an earlier line had is counted, not submitted again.
+func readRequests(path, kind, prefix string, maxLine int) (*submission, error) {
 	fh, err := os.Open(path)
 	if err != nil {
 		return nil, fmt.Errorf("%w: %v", errUsage, err)
 	}
 	defer fh.Close()
 
-	var reqs []*events.WorkRequest
+	sub := &submission{}
+	seen := map[string]bool{}
 	sc := bufio.NewScanner(fh)
-	sc.Buffer(make([]byte, 64<<10), 8<<20)
-	for line := 1; sc.Scan(); line++ {
+	// The scanner's limit is the larger of max and the buffer's capacity.
+	sc.Buffer(make([]byte, 0, min(64<<10, maxLine)), maxLine)
+	line := 0
+	for sc.Scan() {
+		line++
 		if len(sc.Bytes()) == 0 {
 			continue
 		}
-		r := &events.WorkRequest{}
-		if err := events.Unmarshal(sc.Bytes(), r); err != nil {
+		r, err := parseRequest(sc.Bytes(), kind, prefix, line)
+		if err != nil {
 			return nil, fmt.Errorf("%w: %s line %d: %v", errUsage, path, line, err)
 		}
-		if r.Kind == "" {
-			r.Kind = kind
+		if seen[r.ID] {
+			sub.repeated++
+			continue
 		}
-		if r.ID == "" {
-			r.ID = prefix + "-" + strconv.Itoa(line)
+		seen[r.ID] = true
+		sub.givenIDs = sub.givenIDs || !strings.HasPrefix(r.ID, prefix+"-")
+		sub.reqs = append(sub.reqs, r)
+		sub.lines = append(sub.lines, line)
+	}
+	return sub, readEnd(sc.Err(), path, line+1, maxLine, len(sub.reqs))
+}
+
+// parseRequest reads and checks the request on one line.
+func parseRequest(data []byte, kind, prefix string, line int) (*events.WorkRequest, error) {
+	r := &events.WorkRequest{}
+	if err := events.Unmarshal(data, r); err != nil {
+		return nil, err
+	}
+	if r.Kind == "" {
+		r.Kind = kind
+	}
+	if r.ID == "" {
+		r.ID = prefix + "-" + strconv.Itoa(line)
+	}
+	return r, r.Validate()
+}
+
+// readEnd turns the end of reading a requests file into its error: a line
+// too long (the next one, numbered line), a read error, or no request.
+func readEnd(err error, path string, line, maxLine, n int) error {
+	switch {
+	case errors.Is(err, bufio.ErrTooLong):
+		return fmt.Errorf("%w: %s line %d: longer than %d bytes, the limit of one request",
+			errUsage, path, line, maxLine-1)
+	case err != nil:
+		return fmt.Errorf("read %s: %w", path, err)
+	case n == 0:
+		return fmt.Errorf("%w: %s holds no requests", errUsage, path)
+	}
+	return nil
+}
+
+// checkSizes refuses, before anything is published, a request whose
+// message would exceed the server's max payload.
+func (s *submission) checkSizes(maxPayload int64) error {
+	for i, r := range s.reqs {
+		msg, err := bus.Message(events.SubmitSubject(r.Kind), r, r.ID)
+		if err != nil {
+			return err
 		}
-		if err := r.Validate(); err != nil {
-			return nil, fmt.Errorf("%w: %s line %d: %v", errUsage, path, line, err)
+		// Room for the submission time publishAll sets.
+		size := int64(msg.Size()) + 16
+		if size <= maxPayload {
+			continue
 		}
-		reqs = append(reqs, r)
+		where := "request " + r.ID
+		if s.lines != nil {
+			where = fmt.Sprintf("line %d (id %s)", s.lines[i], r.ID)
+		}
+		return fmt.Errorf("%w: %s: message of %d bytes exceeds the server's max payload "+
+			"of %d bytes", errUsage, where, size, maxPayload)
 	}
-	if err := sc.Err(); err != nil {
-		return nil, fmt.Errorf("read %s: %w", path, err)
-	}
-	if len(reqs) == 0 {
-		return nil, fmt.Errorf("%w: %s holds no requests", errUsage, path)
-	}
-	return reqs, nil
+	return nil
 }
 
 // publishAll publishes reqs at most rate per second, asynchronously, and
@@ -229,36 +306,78 @@ func publishAll(ctx context.Context, conn *bus.Conn, reqs []*events.WorkRequest,
 	return dups, nil
 }
 
-// consumeResults follows the results stream from now on and feeds the
-// tally.
-func consumeResults(ctx context.Context, conn *bus.Conn, t *tally) (jetstream.ConsumeContext, error) {
-	cons, err := conn.JS.OrderedConsumer(ctx, events.StreamResults, jetstream.OrderedConsumerConfig{
-		FilterSubjects: []string{events.ResultAll},
+// consumeResults follows the results of the submitted kinds and feeds
+// the tally. When the file gave ids, which may have run before, it starts
+// one de-duplication window before now: a request the stream or the
+// pipeline takes for a copy runs no more, and its result, if any, was
+// published within that window.
+func consumeResults(ctx context.Context, conn *bus.Conn, sub *submission, t *tally,
+	start time.Time) (jetstream.ConsumeContext, error) {
+	cfg := jetstream.OrderedConsumerConfig{
+		FilterSubjects: resultSubjects(sub.reqs),
 		DeliverPolicy:  jetstream.DeliverNewPolicy,
-	})
+	}
+	if sub.givenIDs {
+		from := start.Add(-bus.DedupWindow)
+		cfg.DeliverPolicy = jetstream.DeliverByStartTimePolicy
+		cfg.OptStartTime = &from
+	}
+	cons, err := conn.JS.OrderedConsumer(ctx, events.StreamResults, cfg)
 	if err != nil {
 		return nil, fmt.Errorf("follow results: %w", err)
 	}
 	return cons.Consume(func(m jetstream.Msg) {
-		var r events.Result
-		if events.Unmarshal(m.Data(), &r) == nil {
-			t.add(&r)
+		if !t.wants(m.Headers().Get(jetstream.MsgIDHeader)) {
+			return
 		}
+		var r events.Result
+		if events.Unmarshal(m.Data(), &r) != nil {
+			return
+		}
+		earlier := false
+		if md, err := m.Metadata(); err == nil {
+			earlier = md.Timestamp.Before(start)
+		}
+		t.add(&r, earlier)
 	})
+}
+
+// maxKindFilters bounds the subject filters of the results consumer; with
+// more kinds than this it follows every result.
+const maxKindFilters = 64
+
+// resultSubjects are the result subjects of the kinds of reqs.
+func resultSubjects(reqs []*events.WorkRequest) []string {
+	seen := map[string]bool{}
+	var subjects []string
+	for _, r := range reqs {
+		subj := events.ResultSubject(r.Kind)
+		if !seen[subj] {
+			seen[subj] = true
+			subjects = append(subjects, subj)
+		}
+	}
+	if len(subjects) > maxKindFilters {
+		return []string{events.ResultAll}
+	}
+	return subjects
 }
 
 // tally counts the results of one submission.
 type tally struct {
-	mu       sync.Mutex
-	want     map[string]bool
-	done     chan struct{}
-	finished bool
-	bar      *progressbar.ProgressBar
+	mu        sync.Mutex
+	want      map[string]bool
+	submitted int
+	repeated  int
+	done      chan struct{}
+	finished  bool
+	bar       *progressbar.ProgressBar
 
-	results, ok, failed, dead, cached, dups int
-	endToEnd, run                           quantile.Summary
-	failures                                []Failure
-	first                                   events.Payload // output of the first result
+	results, ok, failed, dead, cached, earlier int
+	dups                                       map[string]bool // ids the stream already held
+	endToEnd, run                              quantile.Summary
+	failures                                   []Failure
+	first                                      events.Payload // output of the first result
 }
 
 // maxFailures bounds the failures a summary lists.
@@ -271,17 +390,15 @@ type Failure struct {
 	Error  string `json:"error"`
 }
 
-// duplicates stops waiting for ids the stream already held.
+// duplicates counts the ids the stream already held: submitted within the
+// de-duplication window, they do not run again, and their result is the
+// one already on the results stream or still to come from that run.
 func (t *tally) duplicates(ids []string) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	for _, id := range ids {
-		if t.want[id] {
-			delete(t.want, id)
-			t.dups++
-		}
+		t.dups[id] = true
 	}
-	t.closeIfDone()
 }
 
 // closeIfDone signals the waiter once nothing is left to wait for; the
@@ -293,12 +410,15 @@ func (t *tally) closeIfDone() {
 	}
 }
 
-func newTally(reqs []*events.WorkRequest, showBar bool) *tally {
-	t := &tally{want: make(map[string]bool, len(reqs)), done: make(chan struct{})}
-	for _, r := range reqs {
+func newTally(sub *submission, showBar bool) *tally {
+	t := &tally{
+		want: make(map[string]bool, len(sub.reqs)), done: make(chan struct{}),
+		submitted: len(sub.reqs), repeated: sub.repeated, dups: map[string]bool{},
+	}
+	for _, r := range sub.reqs {
 		t.want[r.ID] = true
 	}
-	t.bar = progressbar.NewOptions(len(reqs),
+	t.bar = progressbar.NewOptions(len(sub.reqs),
 		progressbar.OptionSetWriter(os.Stderr),
 		progressbar.OptionSetVisibility(showBar),
 		progressbar.OptionSetDescription("results"),
@@ -308,8 +428,22 @@ func newTally(reqs []*events.WorkRequest, showBar bool) *tally {
 	return t
 }
 
+// wants reports whether a result with this Nats-Msg-Id may be one of the
+// submission's, so that the results of others are skipped undecoded. A
+// result without perfpipe's id, or of a replay, is decoded to see.
+func (t *tally) wants(msgID string) bool {
+	id, ok := strings.CutPrefix(msgID, "result-")
+	if !ok || strings.Contains(id, ".replay") {
+		return true
+	}
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return t.want[id]
+}
+
 // add counts one result; results of other submissions are ignored.
-func (t *tally) add(r *events.Result) {
+// earlier marks a result published before this submission started.
+func (t *tally) add(r *events.Result, earlier bool) {
 	t.mu.Lock()
 	defer t.mu.Unlock()
 	if !t.want[r.ID] {
@@ -317,6 +451,18 @@ func (t *tally) add(r *events.Result) {
 	}
 	delete(t.want, r.ID)
 	t.results++
+	if earlier {
+		t.earlier++
+	}
+	t.count(r)
+	_ = t.endToEnd.Add(ms(r.Stages.EndToEnd.Std()))
+	_ = t.run.Add(ms(r.Stages.Run.Std()))
+	_ = t.bar.Add(1)
+	t.closeIfDone()
+}
+
+// count adds r to the counts by status; the caller holds t.mu.
+func (t *tally) count(r *events.Result) {
 	switch r.Status {
 	case events.StatusOK:
 		t.ok++
@@ -334,26 +480,33 @@ func (t *tally) add(r *events.Result) {
 	if r.Cached {
 		t.cached++
 	}
-	_ = t.endToEnd.Add(ms(r.Stages.EndToEnd.Std()))
-	_ = t.run.Add(ms(r.Stages.Run.Std()))
-	_ = t.bar.Add(1)
-	t.closeIfDone()
 }
 
-// Summary is what `perfpipe submit --output json` prints.
+// Summary is what `perfpipe submit --output json` prints. Every result
+// that is not ok has its entry on the dead-letter stream: Errors ran and
+// failed for good (a permanent failure, or transient ones until its
+// attempts ran out), Dead never ran (unknown kind, invalid, past its
+// deadline); DeadLettered is their sum.
 type Summary struct {
-	Submitted int                `json:"submitted"`
-	Results   int                `json:"results"`
-	Missing   int                `json:"missing"`
-	OK        int                `json:"ok"`
-	Errors    int                `json:"errors"`
-	Dead      int                `json:"dead"`
-	Cached    int                `json:"cached"`
-	Duplicate int                `json:"duplicate"`
-	Seconds   float64            `json:"seconds"`
-	EndToEnd  map[string]float64 `json:"end_to_end_ms"`
-	Run       map[string]float64 `json:"run_ms"`
-	Failures  []Failure          `json:"failures,omitempty"`
+	Submitted    int `json:"submitted"`
+	Results      int `json:"results"`
+	Missing      int `json:"missing"`
+	OK           int `json:"ok"`
+	Errors       int `json:"errors"`
+	Dead         int `json:"dead"`
+	DeadLettered int `json:"dead_lettered"`
+	Cached       int `json:"cached"`
+	// Duplicate counts requests the stream already held (submitted within
+	// the de-duplication window): not run again.
+	Duplicate int `json:"duplicate"`
+	// AlreadyDone counts results published before this run started.
+	AlreadyDone int `json:"already_done"`
+	// Repeated counts --file lines whose id an earlier line had.
+	Repeated int                `json:"repeated"`
+	Seconds  float64            `json:"seconds"`
+	EndToEnd map[string]float64 `json:"end_to_end_ms"`
+	Run      map[string]float64 `json:"run_ms"`
+	Failures []Failure          `json:"failures,omitempty"`
 	// Output is the result's output when one request was submitted.
 	Output events.Payload `json:"output,omitempty"`
 }
@@ -364,57 +517,96 @@ func quantiles(s *quantile.Summary) map[string]float64 {
 	}
 }
 
-// report prints the summary. It is called after the consumer stopped
-// delivering or the wait timed out; missing results make it an error.
-func (t *tally) report(w io.Writer, format string, elapsed time.Duration) error {
-	t.mu.Lock()
-	defer t.mu.Unlock()
-	_ = t.bar.Finish()
+// summary is the tally as a Summary; the caller holds t.mu.
+func (t *tally) summary(elapsed time.Duration) Summary {
 	s := Summary{
-		Submitted: t.results + len(t.want) + t.dups, Results: t.results, Missing: len(t.want),
-		OK: t.ok, Errors: t.failed, Dead: t.dead, Cached: t.cached, Duplicate: t.dups,
+		Submitted: t.submitted, Results: t.results, Missing: len(t.want),
+		OK: t.ok, Errors: t.failed, Dead: t.dead, DeadLettered: t.failed + t.dead,
+		Cached: t.cached, Duplicate: len(t.dups), AlreadyDone: t.earlier, Repeated: t.repeated,
 		Seconds: elapsed.Seconds(), EndToEnd: quantiles(&t.endToEnd), Run: quantiles(&t.run),
 		Failures: t.failures,
 	}
 	if s.Submitted == 1 {
 		s.Output = t.first
 	}
+	return s
+}
+
+// report prints the summary. It is called after the consumer stopped
+// delivering or the wait timed out; missing results make it an error.
+func (t *tally) report(w io.Writer, format string, elapsed time.Duration) error {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	_ = t.bar.Finish()
+	s := t.summary(elapsed)
 	if format == "json" {
 		if err := json.NewEncoder(w).Encode(s); err != nil {
 			return err
 		}
 	} else {
-		fmt.Fprintf(w, "submitted %d, results %d (ok %d, error %d, dead %d, cached %d) in %.2fs (%.1f/s)\n",
-			s.Submitted, s.Results, s.OK, s.Errors, s.Dead, s.Cached, s.Seconds,
-			float64(s.Results)/max(s.Seconds, 1e-9))
-		if s.Duplicate > 0 {
-			fmt.Fprintf(w, "%d already submitted within the de-duplication window (%s): not run again\n",
-				s.Duplicate, bus.DedupWindow)
-		}
-		for _, f := range s.Failures {
-			fmt.Fprintf(w, "%s  %s: %s\n", f.Status, f.ID, f.Error)
-		}
-		if len(s.Output) > 0 {
-			var pretty bytes.Buffer
-			if json.Indent(&pretty, s.Output, "", "  ") == nil {
-				fmt.Fprintf(w, "output:\n%s\n", pretty.Bytes())
-			}
-		}
-		for _, row := range []struct {
-			name string
-			q    map[string]float64
-		}{{"end to end", s.EndToEnd}, {"run", s.Run}} {
-			fmt.Fprintf(w, "%-10s  p50 %.2fms  p95 %.2fms  p99 %.2fms  max %.2fms\n",
-				row.name, row.q["p50"], row.q["p95"], row.q["p99"], row.q["max"])
-		}
+		printSummary(w, &s)
 	}
 	if s.Missing > 0 {
-		return fmt.Errorf("%d of %d results missing after the wait", s.Missing, s.Submitted)
+		return t.missingError(&s)
 	}
 	if failed := s.Errors + s.Dead; failed > 0 {
 		return fmt.Errorf("%d of %d results failed", failed, s.Results)
 	}
 	return nil
+}
+
+// missingError says how many results did not come, and how many of those
+// belong to requests submitted before this run; the caller holds t.mu.
+func (t *tally) missingError(s *Summary) error {
+	earlier := 0
+	for id := range t.want {
+		if t.dups[id] {
+			earlier++
+		}
+	}
+	err := fmt.Errorf("%d of %d results missing after the wait", s.Missing, s.Submitted)
+	if earlier > 0 {
+		err = fmt.Errorf("%w (%d of them submitted before this run, within the "+
+			"de-duplication window, and still without a result)", err, earlier)
+	}
+	return err
+}
+
+// printSummary writes s as text.
+func printSummary(w io.Writer, s *Summary) {
+	fmt.Fprintf(w, "submitted %d, results %d (ok %d, error (final) %d, dead (never ran) %d, "+
+		"cached %d) in %.2fs (%.1f/s)\n", s.Submitted, s.Results, s.OK, s.Errors, s.Dead,
+		s.Cached, s.Seconds, float64(s.Results)/max(s.Seconds, 1e-9))
+	if s.DeadLettered > 0 {
+		fmt.Fprintf(w, "dead-lettered %d: see perfpipe dead list\n", s.DeadLettered)
+	}
+	if s.Repeated > 0 {
+		fmt.Fprintf(w, "repeated in input: %d (lines with an id an earlier line had; "+
+			"submitted once)\n", s.Repeated)
+	}
+	if s.Duplicate > 0 {
+		fmt.Fprintf(w, "%d already submitted within the de-duplication window (%s): "+
+			"not run again\n", s.Duplicate, bus.DedupWindow)
+	}
+	if s.AlreadyDone > 0 {
+		fmt.Fprintf(w, "%d already done: result published before this run\n", s.AlreadyDone)
+	}
+	for _, f := range s.Failures {
+		fmt.Fprintf(w, "%s  %s: %s\n", f.Status, f.ID, f.Error)
+	}
+	if len(s.Output) > 0 {
+		var pretty bytes.Buffer
+		if json.Indent(&pretty, s.Output, "", "  ") == nil {
+			fmt.Fprintf(w, "output:\n%s\n", pretty.Bytes())
+		}
+	}
+	for _, row := range []struct {
+		name string
+		q    map[string]float64
+	}{{"end to end", s.EndToEnd}, {"run", s.Run}} {
+		fmt.Fprintf(w, "%-10s  p50 %.2fms  p95 %.2fms  p99 %.2fms  max %.2fms\n",
+			row.name, row.q["p50"], row.q["p95"], row.q["p99"], row.q["max"])
+	}
 }
 
 func ms(d time.Duration) float64 { return float64(d) / float64(time.Millisecond) }

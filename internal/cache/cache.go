@@ -12,12 +12,17 @@ package cache
 import (
 	"context"
 	"errors"
+	"fmt"
 	"strings"
 	"time"
 )
 
 // KeyPrefix starts every key perfpipe writes.
 const KeyPrefix = "perfpipe:"
+
+// ResultPrefix starts every result key (see [ResultKey]). Invalidation
+// ([DeleteResults]) never reaches beyond it.
+const ResultPrefix = KeyPrefix + "result:"
 
 var (
 	// ErrClosed is returned by a store used after Close.
@@ -27,6 +32,14 @@ var (
 	// store behind it failed recently and is not asked again until its
 	// cool-down passes. Callers treat it as a miss.
 	ErrUnavailable = errors.New("cache: unavailable")
+
+	// ErrNotResultPattern is returned by [DeleteResults] for a pattern
+	// that does not start with [ResultPrefix], so could match keys that
+	// are not perfpipe's results.
+	ErrNotResultPattern = errors.New("cache: pattern outside the result keys")
+
+	// ErrNoBucket is returned by [OpenKV] when the bucket does not exist.
+	ErrNoBucket = errors.New("cache: no such bucket")
 )
 
 // Entry is one key and value with its time to live.
@@ -59,7 +72,19 @@ type Store interface {
 // ResultKey is the key of a cached result: kind plus a hash of the
 // canonical input.
 func ResultKey(kind, hash string) string {
-	return KeyPrefix + "result:" + kind + ":" + hash
+	return ResultPrefix + kind + ":" + hash
+}
+
+// DeleteResults deletes the result keys of s that match pattern, a glob
+// as in [Store.DeleteMatching]. The pattern must start with ResultPrefix
+// literally, so that it can only match result keys; any other pattern is
+// refused with [ErrNotResultPattern] before a key is touched.
+func DeleteResults(ctx context.Context, s Store, pattern string) (int, error) {
+	if !strings.HasPrefix(pattern, ResultPrefix) {
+		return 0, fmt.Errorf("delete results %q: %w: want it to start with %q",
+			pattern, ErrNotResultPattern, ResultPrefix)
+	}
+	return s.DeleteMatching(ctx, pattern)
 }
 
 // SnapshotKey is the key of a group's latest snapshot.

@@ -2,6 +2,7 @@ package cache_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strings"
 	"sync/atomic"
@@ -11,6 +12,7 @@ import (
 	"github.com/redis/go-redis/v9"
 
 	"github.com/perfpipe/perfpipe/internal/cache"
+	"github.com/perfpipe/perfpipe/internal/testenv"
 )
 
 // fill stores n result keys of kind, numbered from 0.
@@ -117,5 +119,65 @@ func TestDeleteMatchingBadPattern(t *testing.T) {
 				t.Errorf("DeleteMatching(\"\") error = nil; want an error")
 			}
 		})
+	}
+}
+
+func TestDeleteResultsScope(t *testing.T) {
+	tests := []struct {
+		name    string
+		pattern string
+		want    int
+		wantErr bool
+	}{
+		{"every key", "*", 0, true},
+		{"other application", "user:*", 0, true},
+		{"snapshots", "perfpipe:snapshot:*", 0, true},
+		{"perfpipe prefix only", "perfpipe:*", 0, true},
+		{"result prefix as glob", "perfpipe:resul?:*", 0, true},
+		{"results", "perfpipe:result:*", 3, false},
+	}
+	for name, s := range stores(t) {
+		t.Run(name, func(t *testing.T) {
+			ctx := context.Background()
+			for _, tt := range tests {
+				t.Run(tt.name, func(t *testing.T) {
+					fill(t, s, "csv", 3)
+					others := []string{"user:important", cache.SnapshotKey("agent", "csv")}
+					for _, k := range others {
+						if err := s.Set(ctx, k, []byte("v"), time.Minute); err != nil {
+							t.Fatal(err)
+						}
+					}
+					got, err := cache.DeleteResults(ctx, s, tt.pattern)
+					if got != tt.want || (err != nil) != tt.wantErr ||
+						(tt.wantErr && !errors.Is(err, cache.ErrNotResultPattern)) {
+						t.Errorf("DeleteResults(%q) = %d, %v; want %d, error %v",
+							tt.pattern, got, err, tt.want, tt.wantErr)
+					}
+					for _, k := range others {
+						if _, ok, err := s.Get(ctx, k); !ok || err != nil {
+							t.Errorf("Get %s = %v, %v; want it kept", k, ok, err)
+						}
+					}
+				})
+			}
+		})
+	}
+}
+
+func TestOpenKVMissingBucket(t *testing.T) {
+	ctx := context.Background()
+	conn := testenv.Conn(t, testenv.NATS(t))
+	if _, err := cache.OpenKV(ctx, conn.JS, "perfpipe_absent"); !errors.Is(err, cache.ErrNoBucket) {
+		t.Fatalf("OpenKV(missing) error = %v; want ErrNoBucket", err)
+	}
+	if _, err := conn.JS.KeyValue(ctx, "perfpipe_absent"); err == nil {
+		t.Error("OpenKV created the missing bucket")
+	}
+	if _, err := cache.NewKV(ctx, conn.JS, "perfpipe_present"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cache.OpenKV(ctx, conn.JS, "perfpipe_present"); err != nil {
+		t.Errorf("OpenKV(existing) = %v; want nil", err)
 	}
 }

@@ -43,6 +43,22 @@ func NewKV(ctx context.Context, js jetstream.JetStream, bucket string) (*KV, err
 	return &KV{kv: kv}, nil
 }
 
+// OpenKV opens an existing bucket without creating it, for tools that
+// only read or delete: a missing bucket is [ErrNoBucket].
+func OpenKV(ctx context.Context, js jetstream.JetStream, bucket string) (*KV, error) {
+	if bucket == "" {
+		bucket = DefaultBucket
+	}
+	kv, err := js.KeyValue(ctx, bucket)
+	if errors.Is(err, jetstream.ErrBucketNotFound) {
+		return nil, fmt.Errorf("kv bucket %s: %w", bucket, ErrNoBucket)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("kv bucket %s: %w", bucket, err)
+	}
+	return &KV{kv: kv}, nil
+}
+
 // KVKey maps a cache key onto the key syntax of a bucket: colons become
 // dots and any other byte outside [-/_=.a-zA-Z0-9] becomes '_'.
 func KVKey(key string) string {

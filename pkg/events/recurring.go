@@ -13,6 +13,11 @@ const TypeRecurring Type = "work.recurring"
 // MinEvery is the shortest interval a recurring definition may use.
 const MinEvery = time.Second
 
+// TickHorizon is how far ahead a cron schedule must have a tick: one
+// that never fires in it (such as "0 0 30 2 *", February 30) is refused.
+// It is the search limit of the cron parser's Next.
+const TickHorizon = 5 * 365 * 24 * time.Hour
+
 // maxCatchUpSteps bounds the walk over missed ticks in LatestTick.
 const maxCatchUpSteps = 1 << 20
 
@@ -69,7 +74,11 @@ func (r *Recurring) Validate() error {
 	if !recurringID(r.ID) {
 		return fmt.Errorf("%w: recurring id %q: want letters, digits, - or _", ErrInvalid, r.ID)
 	}
-	if _, err := r.Schedule(); err != nil {
+	sched, err := r.Schedule()
+	if err != nil {
+		return err
+	}
+	if err := r.checkFires(sched); err != nil {
 		return err
 	}
 	if r.Work.Kind == "" {
@@ -108,6 +117,20 @@ func (r *Recurring) Schedule() (Schedule, error) {
 		anchor = time.Unix(0, 0)
 	}
 	return everySchedule{anchor: anchor, every: r.Every.Std()}, nil
+}
+
+// checkFires refuses a schedule with no tick within TickHorizon of the
+// definition's creation (or of now, when it has none).
+func (r *Recurring) checkFires(s Schedule) error {
+	from := r.Created
+	if from.IsZero() {
+		from = time.Now()
+	}
+	if !s.Next(from).IsZero() {
+		return nil
+	}
+	return fmt.Errorf("%w: recurring %s: cron %q has no tick in the next %d years",
+		ErrInvalid, r.ID, r.Cron, int(TickHorizon.Hours()/24/365))
 }
 
 // TickID is the ID of the request submitted at tick. Two instances firing

@@ -119,8 +119,8 @@ func (c Config) Validate() error {
 		return fmt.Errorf("scheduler config: in-flight timeout %s is negative",
 			c.InFlightTimeout)
 	case c.ReservedPriority < 1 || c.ReservedPriority > events.MaxPriority:
-		return fmt.Errorf("scheduler config: reserved priority %d: want 1 to %d",
-			c.ReservedPriority, events.MaxPriority)
+		return fmt.Errorf("scheduler config: reserved priority %d: want 1 to %d "+
+			"(zero means %d)", c.ReservedPriority, events.MaxPriority, DefaultReservedPriority)
 	}
 	return c.validateReserve()
 }
