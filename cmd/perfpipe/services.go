@@ -107,6 +107,8 @@ func (w *wiring) bindAgent(fs *flag.FlagSet) {
 		"time in-flight items get to finish at stop; the rest go to other agents")
 	fs.StringVar(&w.allowedHosts, "http-allowed-hosts", strings.Join(agent.DefaultAllowedHosts, ","),
 		"comma-separated hosts the http kind may call; * allows any")
+	fs.DurationVar(&c.HTTP.Timeout, "http-timeout", agent.DefaultHTTPTimeout,
+		"longest time one http request may take, body included (under --item-timeout)")
 	fs.DurationVar(&c.HTTP.CacheTTL, "http-cache-ttl", 0,
 		"how long http results stay cached; 0 = not cached")
 	fs.StringVar(&c.CSV.DataDir, "csv-data-dir", ".", "folder the csv kind reads files from")
