@@ -3,10 +3,13 @@ package main
 import (
 	"context"
 	"errors"
+	"flag"
 	"fmt"
 	"io"
 	"os"
 	"os/exec"
+	"strconv"
+	"strings"
 	"time"
 
 	"github.com/peterbourgon/ff/v3/ffcli"
@@ -27,6 +30,9 @@ type benchFlags struct {
 	work           bench.PipelineConfig
 	lateness       bool
 	late           bench.LatenessConfig
+	burst          bool
+	adaptive       bool
+	adapt          bench.AdaptiveConfig
 }
 
 func benchCommand(stdout io.Writer) *ffcli.Command {
@@ -48,6 +54,9 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 	fs.BoolVar(&f.lateness, "lateness", true, "measure how late delayed items are released")
 	fs.IntVar(&f.late.Items, "lateness-items", 10_000,
 		"delayed items (1-5 s) in the lateness run")
+	fs.BoolVar(&f.burst, "lateness-burst", true,
+		"also release the lateness items all due at one instant")
+	adaptiveFlags(fs, f)
 
 	return &ffcli.Command{
 		Name:       "bench",
@@ -61,7 +70,10 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 			"With --pipeline, it then times no-op work through scheduler, batcher and\n" +
 			"agent with and without batching, and the latency of each stage at half the\n" +
 			"batched rate. With --lateness, it then submits delayed items (1 to 5 s) to a\n" +
-			"scheduler without a credit limit and prints how late they were released.\n" +
+			"scheduler without a credit limit and prints how late they were released;\n" +
+			"with --lateness-burst, again with every item due at the same instant.\n" +
+			"With --adaptive, it then sweeps fixed batch sizes and the adaptive batcher\n" +
+			"over sleep items whose cost changes halfway (about 4 minutes).\n" +
 			"These runs always use fresh embedded servers, one per run.",
 		FlagSet: fs,
 		Options: envOptions(),
@@ -69,7 +81,10 @@ func benchCommand(stdout io.Writer) *ffcli.Command {
 			if err := noArgs(args); err != nil {
 				return err
 			}
-			return runBench(ctx, stdout, g, f)
+			if err := runBench(ctx, stdout, g, f); err != nil || !f.adaptive {
+				return err
+			}
+			return printAdaptive(ctx, stdout, f.adapt)
 		},
 	}
 }
@@ -118,7 +133,10 @@ func runBench(ctx context.Context, w io.Writer, g *globals, f *benchFlags) error
 	if !f.lateness {
 		return nil
 	}
-	return printLateness(ctx, w, f.late)
+	if err := printLateness(ctx, w, f.late); err != nil || !f.burst {
+		return err
+	}
+	return printBurst(ctx, w, f.late)
 }
 
 // printPipeline runs the work-path bench and prints its table.
@@ -136,6 +154,20 @@ func printPipeline(ctx context.Context, w io.Writer, cfg bench.PipelineConfig) e
 func printLateness(ctx context.Context, w io.Writer, cfg bench.LatenessConfig) error {
 	fmt.Fprintf(w, "\nscheduler lateness, %d items delayed 1 to 5 s, shuffled, mixed priorities, "+
 		"no credit limit, a fresh embedded server\n", cfg.Items)
+	return runLateness(ctx, w, cfg)
+}
+
+// printBurst runs the lateness bench with every item due at one instant
+// and prints its figures.
+func printBurst(ctx context.Context, w io.Writer, cfg bench.LatenessConfig) error {
+	cfg.Burst, cfg.MinDelay = true, 2*time.Second
+	fmt.Fprintf(w, "\nscheduler lateness, burst: %d items all due 2 s after submitting began, "+
+		"mixed priorities, no credit limit, a fresh embedded server\n", cfg.Items)
+	return runLateness(ctx, w, cfg)
+}
+
+// runLateness runs one lateness bench and prints its figures.
+func runLateness(ctx context.Context, w io.Writer, cfg bench.LatenessConfig) error {
 	res, err := bench.Lateness(ctx, cfg)
 	if err != nil && !errors.Is(err, bench.ErrEarly) {
 		return err
@@ -184,4 +216,50 @@ func benchServer(f *benchFlags, g *globals) (string, func(), error) {
 		return "", nil, err
 	}
 	return srv.ClientURL(), func() { srv.Shutdown(); cleanup() }, nil
+}
+
+// adaptiveFlags registers the flags of the adaptive batcher bench.
+func adaptiveFlags(fs *flag.FlagSet, f *benchFlags) {
+	fs.BoolVar(&f.adaptive, "adaptive", false,
+		"sweep fixed batch sizes and the adaptive batcher over sleep items (about 4 min)")
+	fs.DurationVar(&f.adapt.Target, "adaptive-target", 100*time.Millisecond,
+		"batch p95 latency the adaptive batcher keeps to")
+	fs.DurationVar(&f.adapt.Phase, "adaptive-phase", 15*time.Second,
+		"how long each item cost lasts")
+	fs.Func("adaptive-costs", "sleep per item of each phase, whole ms (default 1ms,3ms)",
+		func(s string) (err error) {
+			f.adapt.Costs, err = parseList(s, time.ParseDuration)
+			return err
+		})
+	fs.Func("adaptive-sizes", "fixed batch sizes swept (default 1,8,16,24,32,64,128)",
+		func(s string) (err error) {
+			f.adapt.Sizes, err = parseList(s, strconv.Atoi)
+			return err
+		})
+	fs.IntVar(&f.adapt.Window, "adaptive-window", 0,
+		"batches per controller step; 0 means the batcher's default")
+}
+
+// parseList parses a comma-separated list with parse.
+func parseList[T any](s string, parse func(string) (T, error)) ([]T, error) {
+	var out []T
+	for _, part := range strings.Split(s, ",") {
+		v, err := parse(strings.TrimSpace(part))
+		if err != nil {
+			return nil, err
+		}
+		out = append(out, v)
+	}
+	return out, nil
+}
+
+// printAdaptive runs the adaptive batcher bench and prints its table.
+func printAdaptive(ctx context.Context, w io.Writer, cfg bench.AdaptiveConfig) error {
+	fmt.Fprintln(w, "\nadaptive batcher, end to end: each fixed batch size, then the "+
+		"controller, through scheduler, batcher and agent, a fresh embedded server per run")
+	res, err := bench.Adaptive(ctx, cfg)
+	if err != nil {
+		return err
+	}
+	return bench.PrintAdaptive(w, res)
 }

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"log/slog"
 	"math"
+	"slices"
 	"sync"
 	"time"
 
@@ -108,11 +109,19 @@ type Sample struct {
 // is cut in proportion, target/p95, by half at most: a batch's cost has a
 // fixed part, so this lands a little below the target, never above. Below
 // it, the count grows by half the relative gap, by a quarter at most, so
-// it creeps up to the target without overshooting and flapping. The count only grows when at
-// least half of the window's batches were full: a batch closed by its
-// linger says nothing about a larger limit. Samples from batches built
-// with another limit than the current one are dropped, so one adjustment
-// is judged on its own batches.
+// it creeps up to the target without overshooting and flapping. The count
+// only grows when at least half of the window's batches were full: a batch
+// closed by its linger says nothing about a larger limit. Samples from
+// batches built with another limit than the current one are dropped, so
+// one adjustment is judged on its own batches.
+//
+// A window does not have to be complete to shrink the count: once enough
+// of its batches are over the target that its p95 will be over whatever
+// the rest measure (2 of 20), the count is cut at once, by the smallest of
+// those latencies, a lower bound of the window's p95. The cut is the one
+// the complete window would make, or milder, only sooner: when the cost
+// of items jumps, the count follows within a few slow batches instead of
+// a window of them.
 //
 // Limits and Observe may be called from different goroutines.
 type Controller struct {
@@ -129,6 +138,8 @@ type gauge struct {
 	count  float64
 	window quantile.Summary
 	full   int
+	// over holds the latencies of the window above the target's band.
+	over []time.Duration
 }
 
 // NewController returns a controller that starts each kind at base's
@@ -171,11 +182,10 @@ func (c *Controller) Observe(kind string, s Sample) {
 	if s.Items >= s.Limit {
 		g.full++
 	}
-	if g.window.Count() < int64(c.cfg.Window) {
+	p95, ok := g.p95(c.cfg, s.Latency)
+	if !ok {
 		return
 	}
-
-	p95 := time.Duration(g.window.Quantile(0.95) * float64(time.Second))
 	from := g.limit()
 	g.step(c.cfg, p95)
 	if to := g.limit(); to != from {
@@ -194,6 +204,27 @@ func (c *Controller) gauge(kind string, count int) *gauge {
 	return g
 }
 
+// p95 adds latency d to the window's tally and returns the window's p95
+// once it is complete, or a lower bound of it as soon as enough batches
+// are over the target's band that the complete window's p95 would be too
+// (see Controller). ok is false while neither is known.
+func (g *gauge) p95(cfg AdaptiveConfig, d time.Duration) (p95 time.Duration, ok bool) {
+	if float64(d) > float64(cfg.TargetP95)*(1+deadBand) {
+		g.over = append(g.over, d)
+	}
+	if len(g.over) >= overAllowed(cfg.Window)+1 {
+		return slices.Min(g.over), true
+	}
+	if g.window.Count() < int64(cfg.Window) {
+		return 0, false
+	}
+	return time.Duration(g.window.Quantile(0.95) * float64(time.Second)), true
+}
+
+// overAllowed is how many of n samples may exceed a value while the
+// nearest-rank p95 of the n stays at or below it.
+func overAllowed(n int) int { return n - int(math.Ceil(0.95*float64(n))) }
+
 // limit is the count rounded to whole items.
 func (g *gauge) limit() int { return int(math.Round(g.count)) }
 
@@ -202,6 +233,7 @@ func (g *gauge) step(cfg AdaptiveConfig, p95 time.Duration) {
 	full := 2*g.full >= int(g.window.Count())
 	g.window.Reset()
 	g.full = 0
+	g.over = g.over[:0]
 
 	ratio := float64(cfg.TargetP95) / float64(max(p95, time.Microsecond))
 	if math.Abs(1-1/ratio) <= deadBand || (ratio > 1 && !full) {

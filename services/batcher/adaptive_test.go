@@ -108,6 +108,44 @@ func TestControllerSteps(t *testing.T) {
 	}
 }
 
+// TestControllerShrinksEarly feeds a window of 20 batches some slow ones:
+// the count is cut as soon as the window's p95 is bound to be over the
+// target (the second slow batch), by the smaller of the two, and not
+// before.
+func TestControllerShrinksEarly(t *testing.T) {
+	target := 100 * time.Millisecond
+	tests := []struct {
+		name      string
+		latencies []time.Duration
+		want      int
+	}{
+		{"one slow batch holds", []time.Duration{90, 300, 90, 90}, 40},
+		{"two slow batches cut by the smaller", []time.Duration{90, 400, 90, 200}, 20},
+		{"slow within the dead band holds", []time.Duration{104, 104, 104, 104}, 40},
+		{"first two slow", []time.Duration{125, 130}, 32},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			ctrl := NewController(AdaptiveConfig{TargetP95: target, Window: 20}, fixed(40), nil)
+			for _, ms := range tt.latencies {
+				ctrl.Observe("k", Sample{Limit: 40, Items: 40, Latency: ms * time.Millisecond})
+			}
+			if got := ctrl.Count("k"); got != tt.want {
+				t.Errorf("count = %d, want %d", got, tt.want)
+			}
+		})
+	}
+}
+
+func TestOverAllowed(t *testing.T) {
+	for _, tt := range []struct{ n, want int }{{1, 0}, {4, 0}, {10, 0}, {20, 1}, {40, 2},
+		{100, 5}} {
+		if got := overAllowed(tt.n); got != tt.want {
+			t.Errorf("overAllowed(%d) = %d, want %d", tt.n, got, tt.want)
+		}
+	}
+}
+
 func TestControllerDropsStaleSamples(t *testing.T) {
 	ctrl := NewController(AdaptiveConfig{Window: 1}, fixed(40), nil)
 	ctrl.Observe("k", Sample{Limit: 39, Items: 39, Latency: time.Second})
