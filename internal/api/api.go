@@ -42,7 +42,10 @@ func NewHandler(critical, optional map[string]Check, snaps SnapshotSource) http.
 	mux := http.NewServeMux()
 
 	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		h := Health{Status: "ok", Checks: map[string]string{}, Uptime: time.Since(started).Round(time.Second).String()}
+		h := Health{
+			Status: "ok", Checks: map[string]string{},
+			Uptime: time.Since(started).Round(time.Second).String(),
+		}
 		code := http.StatusOK
 		for name, check := range optional {
 			h.Checks[name] = "ok"

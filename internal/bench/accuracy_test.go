@@ -17,7 +17,8 @@ func TestAccuracyWithinPromise(t *testing.T) {
 					limit = 0
 				}
 				if got := row.Summary[i]; got > limit {
-					t.Errorf("n=%d %s p%g: relative error %.5f > %.3f", n, row.Distribution, q*100, got, limit)
+					t.Errorf("n=%d %s p%g: relative error %.5f > %.3f", n,
+						row.Distribution, q*100, got, limit)
 				}
 			}
 		}

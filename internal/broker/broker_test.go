@@ -38,7 +38,8 @@ func TestRestartKeepsStreams(t *testing.T) {
 	}
 
 	withServer(func(js jetstream.JetStream) {
-		if _, err := js.CreateStream(ctx, jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}}); err != nil {
+		cfg := jetstream.StreamConfig{Name: "S", Subjects: []string{"s"}}
+		if _, err := js.CreateStream(ctx, cfg); err != nil {
 			t.Fatal(err)
 		}
 		if _, err := js.Publish(ctx, "s", []byte("kept")); err != nil {

@@ -55,7 +55,8 @@ func TestStores(t *testing.T) {
 
 			err = s.SetMany(ctx, []cache.Entry{
 				{Key: cache.SnapshotKey("agent", "http"), Value: []byte("a"), TTL: time.Minute},
-				{Key: cache.SnapshotKey("agent", "csv"), Value: []byte("b"), TTL: 50 * time.Millisecond},
+				{Key: cache.SnapshotKey("agent", "csv"), Value: []byte("b"),
+					TTL: 50 * time.Millisecond},
 			})
 			if err != nil {
 				t.Fatalf("SetMany: %v", err)

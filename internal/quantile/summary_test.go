@@ -162,7 +162,8 @@ func TestQuantilesMonotoneAndBounded(t *testing.T) {
 		for _, q := range []float64{0, 0.1, 0.5, 0.9, 0.95, 0.99, 0.999, 1} {
 			v := s.Quantile(q)
 			if v < prev || v < s.Min() || v > s.Max() {
-				t.Errorf("n=%d q=%v: %v not in [%v, %v] or below previous %v", n, q, v, s.Min(), s.Max(), prev)
+				t.Errorf("n=%d q=%v: %v not in [%v, %v] or below previous %v", n, q, v,
+					s.Min(), s.Max(), prev)
 			}
 			prev = v
 		}

@@ -17,13 +17,18 @@ const (
 	// releaseWindow bounds the items published to READY before their
 	// acks are awaited: one round trip per window instead of per item.
 	releaseWindow = 256
-	// removeParallel bounds the bucket removals in flight after a window.
-	removeParallel = 32
+	// removeWorkers is how many bucket removals run at once.
+	removeWorkers = 64
+	// removeBacklog bounds the released items whose bucket entries wait to
+	// be removed; releases wait when removals fall this far behind.
+	removeBacklog = 4096
 )
 
 // releaseLoop releases items as they fall due and as credit comes back.
-// It sleeps on one timer set to the next moment anything can change.
+// It sleeps on one timer set to the next moment anything can change. It
+// hands the released items to removeLoop, and tells it when it ends.
 func (s *Service) releaseLoop(ctx context.Context) error {
+	defer close(s.removals)
 	timer := time.NewTimer(idleWait)
 	defer timer.Stop()
 	for {
@@ -40,10 +45,9 @@ func (s *Service) releaseLoop(ctx context.Context) error {
 // releaseDue releases every due item the credit allows, highest effective
 // priority first, a window of up to releaseWindow items at a time, and
 // returns how long to sleep before looking again. The bucket entries of
-// a window are removed while the next window is published.
+// released items are removed behind it, by removeLoop, so that a burst is
+// released at the pace of READY alone.
 func (s *Service) releaseDue(ctx context.Context) time.Duration {
-	removed := func() {}
-	defer func() { removed() }()
 	for ctx.Err() == nil {
 		items := s.take(time.Now(), releaseWindow)
 		if len(items) == 0 {
@@ -54,7 +58,7 @@ func (s *Service) releaseDue(ctx context.Context) time.Duration {
 		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), msgTimeout)
 		released, failed, err := s.release(rctx, items...)
 		cancel()
-		removed = s.forgetAfter(ctx, released, removed)
+		s.forget(released)
 		if len(failed) > 0 {
 			wait := s.giveBack(failed, true)
 			s.log.Warn("release failed, retrying", "id", failed[0].req.ID,
@@ -167,40 +171,47 @@ func (s *Service) landAll(window []published, clean bool) []*item {
 	return done
 }
 
-// forgetAfter waits for the removal before it, then starts removing the
-// bucket entries of done in the background and returns the wait for that.
-// A removal begun is finished, within msgTimeout, even when ctx ends.
-func (s *Service) forgetAfter(ctx context.Context, done []*item, before func()) func() {
-	before()
-	finished := make(chan struct{})
-	go func() {
-		defer close(finished)
-		rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), msgTimeout)
-		defer cancel()
-		s.forget(rctx, done)
-	}()
-	return func() { <-finished }
+// forget queues the bucket entries of released items for removeLoop,
+// waiting while removeBacklog of them are queued already.
+func (s *Service) forget(done []*item) {
+	for _, it := range done {
+		if it.key != "" {
+			s.removals <- it
+		}
+	}
 }
 
-// forget removes the bucket entries of released items, removeParallel at
-// a time. An entry left behind is only logged: a restart releases its
-// item again, and READY drops the copy.
-func (s *Service) forget(ctx context.Context, done []*item) {
+// removeLoop removes the bucket entries of released items, removeWorkers
+// at a time, until releaseLoop has ended and every queued entry is done.
+// After ctx ends it gives them msgTimeout more. An entry left behind is
+// only logged: a restart releases its item again, and READY drops the
+// copy, since a release is published before its entry is removed.
+func (s *Service) removeLoop(ctx context.Context) error {
+	rctx, cancel := context.WithCancel(context.WithoutCancel(ctx))
+	defer cancel()
+	stop := context.AfterFunc(ctx, func() { time.AfterFunc(msgTimeout, cancel) })
+	defer stop()
+
 	var g errgroup.Group
-	g.SetLimit(removeParallel)
-	for _, it := range done {
-		if it.key == "" {
-			continue
-		}
+	for range removeWorkers {
 		g.Go(func() error {
-			if err := s.store.remove(ctx, it.key); err != nil {
-				s.log.Warn("released item left in bucket; a restart releases it again",
-					"id", it.req.ID, "err", err)
+			for it := range s.removals {
+				s.remove(rctx, it)
 			}
 			return nil
 		})
 	}
-	_ = g.Wait() // the removals log their own errors
+	return g.Wait()
+}
+
+// remove deletes the bucket entry of a released item.
+func (s *Service) remove(ctx context.Context, it *item) {
+	ctx, cancel := context.WithTimeout(ctx, msgTimeout)
+	defer cancel()
+	if err := s.store.remove(ctx, it.key); err != nil {
+		s.log.Warn("released item left in bucket; a restart releases it again",
+			"id", it.req.ID, "err", err)
+	}
 }
 
 // take pops up to n items to release, highest effective priority first,

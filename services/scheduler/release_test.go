@@ -130,8 +130,32 @@ func TestReleaseWindowDuplicatesGiveCredit(t *testing.T) {
 	if diff := cmp.Diff([]string{"d1", "d2", "f1", "f2"}, got); diff != "" {
 		t.Errorf("READY (-want +got):\n%s", diff)
 	}
+	testenv.WaitFor(t, waitTimeout, "the bucket entries removed", func() bool {
+		return len(bucketKeys(t, client)) == 0
+	})
+}
+
+// TestStopFinishesRemovals stops the scheduler right after it released a
+// burst: the bucket entries queued for removal behind the releases are
+// still removed before Run returns, so a restart releases nothing again.
+func TestStopFinishesRemovals(t *testing.T) {
+	url := testenv.NATS(t)
+	client := testenv.Conn(t, url)
+	r := start(t, url, Config{MaxInFlight: -1})
+
+	reqs := make([]*events.WorkRequest, 120)
+	for i := range reqs {
+		reqs[i] = &events.WorkRequest{ID: fmt.Sprintf("s%03d", i)}
+	}
+	submitBurst(t, client, r.svc, reqs)
+	waitStats(t, r.svc, "every item released", func(s Stats) bool {
+		return s.Released == int64(len(reqs))
+	})
+	if err := r.stop(); err != nil {
+		t.Fatal(err)
+	}
 	if keys := bucketKeys(t, client); len(keys) != 0 {
-		t.Errorf("bucket keys after release = %v, want none", keys)
+		t.Errorf("bucket holds %d keys after stop, want none", len(keys))
 	}
 }
 

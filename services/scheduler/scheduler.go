@@ -78,6 +78,8 @@ type Service struct {
 	rec   *timing.Recorder
 	store *pendingStore // set by Run
 	wake  chan struct{}
+	// removals queues released items whose bucket entries are to go.
+	removals chan *item
 
 	mu       sync.Mutex
 	q        *queue
@@ -115,6 +117,7 @@ func New(conn *bus.Conn, cfg Config, log *slog.Logger) (*Service, error) {
 		log:      log,
 		rec:      rec,
 		wake:     make(chan struct{}, 1),
+		removals: make(chan *item, removeBacklog),
 		q:        newQueue(cfg.AgingInterval),
 		held:     make(map[string]bool),
 		inflight: make(map[string]flight),
@@ -142,6 +145,7 @@ func (s *Service) Run(ctx context.Context) error {
 	g.Go(func() error { return s.rec.Run(gctx) })
 	g.Go(func() error { return s.consume(gctx, cons) })
 	g.Go(func() error { return s.releaseLoop(gctx) })
+	g.Go(func() error { return s.removeLoop(gctx) })
 	g.Go(func() error { return s.runRecurring(gctx) })
 	err = g.Wait()
 

@@ -137,7 +137,8 @@ func checkHTTP(t *testing.T, conn *bus.Conn, res *results, snaps *snapshots, rdb
 		}
 		sum := sha256.Sum256([]byte(e.body))
 		if out.Status != 200 || out.Size != len(e.body) || out.SHA256 != hex.EncodeToString(sum[:]) {
-			t.Fatalf("result %s output = %+v, want 200, %d bytes, sha256 of %s", r.ID, out, len(e.body), e.path)
+			t.Fatalf("result %s output = %+v, want 200, %d bytes, sha256 of %s", r.ID, out,
+				len(e.body), e.path)
 		}
 		if r.Stages.Run.Std() < e.delay {
 			t.Errorf("result %s run %s, shorter than the endpoint's %s", r.ID, r.Stages.Run.Std(), e.delay)
