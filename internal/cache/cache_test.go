@@ -6,6 +6,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/redis/go-redis/v9"
+
 	"github.com/perfpipe/perfpipe/internal/cache"
 	"github.com/perfpipe/perfpipe/internal/testenv"
 )
@@ -89,5 +91,32 @@ func TestKeys(t *testing.T) {
 	svc, op, ok := cache.ParseSnapshotKey("perfpipe:snapshot:agent:http")
 	if !ok || svc != "agent" || op != "http" {
 		t.Errorf("ParseSnapshotKey = %q, %q, %v", svc, op, ok)
+	}
+}
+
+func TestNewRedisRetries(t *testing.T) {
+	url := testenv.Redis(t)
+	tests := []struct {
+		name, url string
+		want      int
+	}{
+		{"none by default", url, 0}, // go-redis stores its -1 as 0 after setup
+		{"as the url asks", url + "?max_retries=2", 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			rd, err := cache.NewRedis(context.Background(), tt.url)
+			if err != nil {
+				t.Fatalf("NewRedis(%s): %v", tt.url, err)
+			}
+			defer rd.Close()
+			client, ok := rd.Client().(*redis.Client)
+			if !ok {
+				t.Fatalf("client is %T, want *redis.Client", rd.Client())
+			}
+			if got := client.Options().MaxRetries; got != tt.want {
+				t.Errorf("MaxRetries = %d, want %d", got, tt.want)
+			}
+		})
 	}
 }

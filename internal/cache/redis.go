@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -20,11 +21,16 @@ type Redis struct {
 var _ Store = (*Redis)(nil)
 
 // NewRedis connects to the server at url (redis://[:password@]host:port/db)
-// and checks it answers.
+// and checks it answers. A failed call is not retried unless the URL asks
+// for retries (max_retries=N): the cache is an optimisation, and a retry
+// only holds the work that waits for it while Redis is down.
 func NewRedis(ctx context.Context, url string) (*Redis, error) {
 	opts, err := redis.ParseURL(url)
 	if err != nil {
 		return nil, fmt.Errorf("redis url: %w", err)
+	}
+	if !strings.Contains(url, "max_retries=") {
+		opts.MaxRetries = -1
 	}
 	client := redis.NewClient(opts)
 	if err := client.Ping(ctx).Err(); err != nil {
