@@ -163,27 +163,32 @@ func (s *Service) Run(ctx context.Context) error {
 	return nil
 }
 
-// durableAckWait is the ack wait to give the durable: Config.AckWait, or
-// the durable's own when that is longer. The agents already on the
-// durable report progress at a third of their own ack wait, so shortening
-// it under them would redeliver batches they are still running.
+// durableAckWait is the ack wait to give the durable: Config.AckWait.
+// The agents of one durable share its ack wait, so the agent started last
+// sets it for all; that is safe for the batches the others are running,
+// since every agent reports progress at least every progressEvery,
+// shorter than the shortest ack wait an agent accepts.
 func (s *Service) durableAckWait(ctx context.Context) time.Duration {
 	ctx, cancel := context.WithTimeout(ctx, 5*time.Second)
 	defer cancel()
 	cons, err := s.conn.JS.Consumer(ctx, events.StreamBatches, s.cfg.Durable)
-	if err != nil {
-		// Usually not found: the durable is new. Otherwise creating it
-		// will fail and say why.
-		return s.cfg.AckWait
+	if err == nil {
+		if have := cons.CachedInfo().Config.AckWait; have != s.cfg.AckWait {
+			s.log.Info("durable ack wait changed for every agent on it",
+				"durable", s.cfg.Durable, "from", have, "to", s.cfg.AckWait)
+		}
 	}
-	have := cons.CachedInfo().Config.AckWait
-	if have <= s.cfg.AckWait {
-		return s.cfg.AckWait
-	}
-	s.log.Warn("durable keeps its longer ack wait; to shorten it, delete the durable "+
-		"while no agent runs", "durable", s.cfg.Durable, "durable_ack_wait", have,
-		"ack_wait", s.cfg.AckWait)
-	return have
+	// Usually not found: the durable is new. Otherwise creating it will
+	// fail and say why.
+	return s.cfg.AckWait
+}
+
+// progressEvery is how often a running batch reports progress: a third of
+// the ack wait, and at most progressMax, so that another agent that sets
+// a shorter ack wait on the durable (down to minAckWait) does not get the
+// batch redelivered.
+func (s *Service) progressEvery() time.Duration {
+	return min(s.cfg.AckWait/3, progressMax)
 }
 
 func (s *Service) admissionHost() string {
@@ -312,7 +317,7 @@ func (s *Service) safeRunItem(
 // watch keeps a running batch from being redelivered, and settles it once
 // every item has finished or been given up on.
 func (s *Service) watch(ctx context.Context, b *batchRun) {
-	tick := time.NewTicker(s.cfg.AckWait / 3)
+	tick := time.NewTicker(s.progressEvery())
 	defer tick.Stop()
 	for {
 		select {

@@ -9,6 +9,14 @@ import (
 	"github.com/perfpipe/perfpipe/pkg/events"
 )
 
+// minAckWait is the shortest AckWait an agent sets on its durable, and
+// progressMax the longest time between a running batch's progress reports:
+// well under minAckWait, so that no agent's ack wait cuts another's items.
+const (
+	minAckWait  = time.Second
+	progressMax = 300 * time.Millisecond
+)
+
 // Defaults applied by Config for fields left zero.
 const (
 	DefaultDurable       = "agent"
@@ -57,7 +65,11 @@ type Config struct {
 	// every agent on the durable. Zero means 256.
 	MaxAckPending int
 	// AckWait is how long NATS waits for a batch's ack before it delivers
-	// the batch again; a running batch reports progress every AckWait/3.
+	// the batch again: how soon the batches of a dead agent run elsewhere.
+	// The agents of one durable share it; the agent started last sets it.
+	// A running batch reports progress every AckWait/3, or every 300 ms
+	// when that is shorter, so long items are never cut by it. At least
+	// 1 s.
 	// Zero means 30 s.
 	//
 	// NOTE: the durable has one ack wait for every agent on it. An agent
@@ -273,26 +285,30 @@ func (c Config) Validate() error {
 	counts := []struct {
 		name string
 		v    int64
+		dur  bool // v is a time.Duration
 	}{
-		{"workers", int64(c.Workers)},
-		{"max ack pending", int64(c.MaxAckPending)},
-		{"ack wait", int64(c.AckWait)},
-		{"poll wait", int64(c.PollWait)},
-		{"max attempts", int64(c.MaxAttempts)},
-		{"retry initial", int64(c.RetryInitial)},
-		{"retry max", int64(c.RetryMax)},
-		{"item timeout", int64(c.ItemTimeout)},
-		{"drain timeout", int64(c.DrainTimeout)},
-		{"cache timeout", int64(c.CacheTimeout)},
-		{"http max body", c.HTTP.MaxBody},
-		{"http timeout", int64(c.HTTP.Timeout)},
-		{"http max idle conns per host", int64(c.HTTP.MaxIdleConnsPerHost)},
-		{"http cache ttl", int64(c.HTTP.CacheTTL)},
-		{"csv chunk rows", int64(c.CSV.ChunkRows)},
-		{"csv max groups", int64(c.CSV.MaxGroups)},
+		{"workers", int64(c.Workers), false},
+		{"max ack pending", int64(c.MaxAckPending), false},
+		{"ack wait", int64(c.AckWait), true},
+		{"poll wait", int64(c.PollWait), true},
+		{"max attempts", int64(c.MaxAttempts), false},
+		{"retry initial", int64(c.RetryInitial), true},
+		{"retry max", int64(c.RetryMax), true},
+		{"item timeout", int64(c.ItemTimeout), true},
+		{"drain timeout", int64(c.DrainTimeout), true},
+		{"cache timeout", int64(c.CacheTimeout), true},
+		{"http max body", c.HTTP.MaxBody, false},
+		{"http timeout", int64(c.HTTP.Timeout), true},
+		{"http max idle conns per host", int64(c.HTTP.MaxIdleConnsPerHost), false},
+		{"http cache ttl", int64(c.HTTP.CacheTTL), true},
+		{"csv chunk rows", int64(c.CSV.ChunkRows), false},
+		{"csv max groups", int64(c.CSV.MaxGroups), false},
 	}
 	for _, f := range counts {
-		if f.v < 0 {
+		switch {
+		case f.v < 0 && f.dur:
+			return fmt.Errorf("agent config: %s is negative (%s)", f.name, time.Duration(f.v))
+		case f.v < 0:
 			return fmt.Errorf("agent config: %s is negative (%d)", f.name, f.v)
 		}
 	}
@@ -317,8 +333,8 @@ func (c Config) Validate() error {
 	if err := c.Admission.validate(); err != nil {
 		return err
 	}
-	if c.AckWait != 0 && c.AckWait < time.Second {
-		return fmt.Errorf("agent config: ack wait %s below 1s", c.AckWait)
+	if c.AckWait != 0 && c.AckWait < minAckWait {
+		return fmt.Errorf("agent config: ack wait %s below %s", c.AckWait, minAckWait)
 	}
 	if c.PollWait != 0 && c.PollWait < 100*time.Millisecond {
 		return fmt.Errorf("agent config: poll wait %s below 100ms", c.PollWait)

@@ -570,11 +570,11 @@ func TestAgentInProgressKeepsLongItem(t *testing.T) {
 	}
 }
 
-// TestAgentJoiningKeepsLongerAckWait starts a second agent with a
-// shorter ack wait on the durable of one that is running an item: the
-// durable keeps the longer ack wait, so the item, reported at the first
-// agent's pace, is not redelivered to the second.
-func TestAgentJoiningKeepsLongerAckWait(t *testing.T) {
+// TestAgentJoiningSetsAckWait starts a second agent with a shorter ack
+// wait on the durable of one that is running an item: the durable takes
+// the shorter ack wait, and the item, reported every progressMax by the
+// first agent, is still not redelivered to the second.
+func TestAgentJoiningSetsAckWait(t *testing.T) {
 	url := testenv.NATS(t)
 	client := testenv.Conn(t, url)
 	res := collect[events.Result](t, client, events.StreamResults)
@@ -597,7 +597,10 @@ func TestAgentJoiningKeepsLongerAckWait(t *testing.T) {
 		t.Errorf("second agent started %d runs, want none", n)
 	}
 	info := consumerInfo(t, client)
-	if got, want := info.Config.AckWait, 30*time.Second; got != want {
-		t.Errorf("durable ack wait = %s, want %s, the longer one", got, want)
+	if got, want := info.Config.AckWait, time.Second; got != want {
+		t.Errorf("durable ack wait = %s, want %s, the last agent's", got, want)
+	}
+	if info.NumRedelivered != 0 {
+		t.Errorf("consumer redelivered %d batches, want none", info.NumRedelivered)
 	}
 }

@@ -40,8 +40,7 @@ const (
 // side effects are not.
 func (s *Service) handBack(ctx context.Context, b *batchRun, rest []events.WorkRequest) error {
 	if ctx.Err() == nil {
-		// Shorter when the ack wait is, so that b is not redelivered.
-		sleep(ctx, min(redeliveryDelay, s.cfg.AckWait/3))
+		s.hold(ctx, b, redeliveryDelay)
 	}
 	// While shutting down, ctx is cancelled already.
 	pctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), settleTimeout)
@@ -54,6 +53,16 @@ func (s *Service) handBack(ctx context.Context, b *batchRun, rest []events.WorkR
 	}
 	s.handedBack.Add(int64(len(rest)))
 	return b.msg.DoubleAck(pctx)
+}
+
+// hold waits d or until ctx ends, reporting progress on b meanwhile so
+// that the durable's ack wait, however short, does not redeliver it.
+func (s *Service) hold(ctx context.Context, b *batchRun, d time.Duration) {
+	end := time.Now().Add(d)
+	for left := d; left > 0 && ctx.Err() == nil; left = time.Until(end) {
+		_ = b.msg.InProgress()
+		sleep(ctx, min(left, s.progressEvery()))
+	}
 }
 
 // publishRemainder publishes the remainder of b made of rest, with its ID
