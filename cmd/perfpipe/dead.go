@@ -214,8 +214,10 @@ func deadReplayCommand(stdout io.Writer) *ffcli.Command {
 		"0 for no limit")
 	all := fs.Bool("all", false, "replay every dead letter (up to --limit requests), no filter")
 	opts := deadletter.ReplayOptions{}
-	fs.BoolVar(&opts.DryRun, "dry-run", false, "say what would be replayed, publish nothing")
-	fs.BoolVar(&opts.Delete, "delete", false, "delete replayed dead letters from the stream")
+	fs.BoolVar(&opts.DryRun, "dry-run", false, "say what would be replayed, publish nothing "+
+		"(a request published within the de-duplication window would be a duplicate)")
+	fs.BoolVar(&opts.Delete, "delete", false, "delete the dead letters this run replays, and "+
+		"those they supersede; duplicates (replayed before) are kept")
 	output := fs.String("output", "text", "format: text or json")
 
 	return &ffcli.Command{
@@ -225,7 +227,8 @@ func deadReplayCommand(stdout io.Writer) *ffcli.Command {
 		LongHelp: "Publishes the work request of each matching dead letter to its submit\n" +
 			"subject, attempts and trace reset. A run replays each request ID once,\n" +
 			"from its earliest matching dead letter; the later ones are superseded.\n" +
-			"Within the de-duplication window a second run publishes nothing again.",
+			"Within the de-duplication window a second run publishes nothing again,\n" +
+			"and --delete deletes nothing: it deletes only what the run replayed.",
 		FlagSet: fs,
 		Options: envOptions(),
 		Exec: func(ctx context.Context, args []string) error {
@@ -270,7 +273,7 @@ func runDeadReplay(ctx context.Context, stdout io.Writer, g *globals, f deadlett
 	entries, cut := deadletter.LimitRequests(entries, f.Limit, time.Now())
 
 	outcomes, err := deadletter.Replay(ctx, conn, entries, opts)
-	rep := newReplayReport(outcomes, opts.DryRun, cut)
+	rep := newReplayReport(outcomes, opts, cut)
 	if output == "json" {
 		if jerr := json.NewEncoder(stdout).Encode(rep); jerr != nil && err == nil {
 			err = jerr
@@ -290,6 +293,7 @@ func runDeadReplay(ctx context.Context, stdout io.Writer, g *globals, f deadlett
 // replayReport is what replay prints: per entry and in total.
 type replayReport struct {
 	DryRun bool `json:"dry_run"`
+	Delete bool `json:"delete"`
 	// Limited reports that --limit left out requests that match.
 	Limited  bool          `json:"limited"`
 	Counts   replayCounts  `json:"counts"`
@@ -313,8 +317,12 @@ type replayEntry struct {
 	Error string `json:"error,omitempty"`
 }
 
-func newReplayReport(outcomes []deadletter.Outcome, dryRun, limited bool) replayReport {
-	rep := replayReport{DryRun: dryRun, Limited: limited, Outcomes: []replayEntry{}}
+func newReplayReport(outcomes []deadletter.Outcome, opts deadletter.ReplayOptions,
+	limited bool) replayReport {
+	rep := replayReport{
+		DryRun: opts.DryRun, Delete: opts.Delete && !opts.DryRun, Limited: limited,
+		Outcomes: []replayEntry{},
+	}
 	for _, o := range outcomes {
 		e := replayEntry{Outcome: o}
 		if o.Err != nil {
@@ -354,12 +362,17 @@ func (r replayReport) print(w io.Writer, limit int, complete bool) {
 	}
 	c := r.Counts
 	if r.DryRun {
-		fmt.Fprintf(w, "dry run: would replay %d, superseded %d, not replayable %d, "+
-			"of %d dead letters\n", c.WouldReplay, c.Superseded, c.NotReplayable, c.DeadLetters)
+		fmt.Fprintf(w, "dry run: would replay %d (unless published within the last %s), "+
+			"superseded %d, not replayable %d, of %d dead letters\n", c.WouldReplay,
+			bus.DedupWindow, c.Superseded, c.NotReplayable, c.DeadLetters)
 	} else {
 		fmt.Fprintf(w, "replayed %d, duplicate %d, superseded %d, not replayable %d, "+
 			"failed %d, of %d dead letters\n", c.Replayed, c.Duplicate, c.Superseded,
 			c.NotReplayable, c.Failed, c.DeadLetters)
+	}
+	if r.Delete && c.Duplicate > 0 {
+		fmt.Fprintf(w, "(kept %d duplicates and the dead letters they supersede: "+
+			"an earlier run replayed them)\n", c.Duplicate)
 	}
 	if r.Limited {
 		fmt.Fprintf(w, "(first %d requests only: more match; raise --limit or narrow "+
@@ -372,8 +385,12 @@ func describe(o deadletter.Outcome) string {
 	head := fmt.Sprintf("seq %d %s:", o.Entry.Seq, orDash(o.Entry.DeadLetter.ID))
 	var what string
 	switch o.Status {
-	case deadletter.StatusReplayed, deadletter.StatusWouldReplay:
+	case deadletter.StatusReplayed:
 		what = fmt.Sprintf("%s to %s as %s", o.Status, o.Subject, o.MsgID)
+	case deadletter.StatusWouldReplay:
+		// Only the stream knows, on publishing, whether it is a duplicate.
+		what = fmt.Sprintf("%s to %s as %s (unless published within the last %s)",
+			o.Status, o.Subject, o.MsgID, bus.DedupWindow)
 	case deadletter.StatusDuplicate:
 		what = fmt.Sprintf("duplicate: %s was published within the last %s, not again",
 			o.MsgID, bus.DedupWindow)

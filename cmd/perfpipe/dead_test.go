@@ -125,8 +125,10 @@ func TestDeadListReplay(t *testing.T) {
 	}
 
 	out = cli(0, "dead", "replay", "--id", "job-1,job-3", "--dry-run")
-	if !strings.Contains(out, "would replay to work.submit.sleep as job-1.replay1") ||
-		!strings.Contains(out, "would replay 1, superseded 0, not replayable 1") {
+	if !strings.Contains(out, "would replay to work.submit.sleep as job-1.replay1 "+
+		"(unless published within the last 2m0s)") ||
+		!strings.Contains(out, "would replay 1 (unless published within the last 2m0s), "+
+			"superseded 0, not replayable 1") {
 		t.Errorf("dry run output:\n%s", out)
 	}
 	out = cli(0, "dead", "replay", "--id", "job-1", "--id", "job-3")
@@ -135,18 +137,25 @@ func TestDeadListReplay(t *testing.T) {
 		!strings.Contains(out, "replayed 1, duplicate 0, superseded 0, not replayable 1, failed 0") {
 		t.Errorf("replay output:\n%s", out)
 	}
+	// Replayed by the run before, job-1 is a duplicate: --delete keeps it.
 	out = cli(0, "dead", "replay", "--id", "job-1", "--delete")
-	if !strings.Contains(out, "duplicate") || !strings.Contains(out, "(deleted)") {
+	if !strings.Contains(out, "seq 1 job-1: duplicate") || strings.Contains(out, "(deleted)") ||
+		!strings.Contains(out, "kept 1 duplicates") {
 		t.Errorf("second replay output:\n%s", out)
 	}
-	cli(1, "dead", "replay", "--id", "job-1")
+	out = cli(0, "dead", "replay", "--id", "job-2", "--delete")
+	if !strings.Contains(out, "seq 2 job-2: replayed to work.submit.http as job-2.replay2 "+
+		"(deleted)") || strings.Contains(out, "kept") {
+		t.Errorf("replay --delete output:\n%s", out)
+	}
+	cli(1, "dead", "replay", "--id", "job-2")
 
 	// Without the work stream the publish fails: exit 1.
 	if err := conn.JS.DeleteStream(ctx, events.StreamWork); err != nil {
 		t.Fatal(err)
 	}
 	out = cli(1, "dead", "replay", "--all")
-	if !strings.Contains(out, "seq 2 job-2: failed") || !strings.Contains(out, "failed 1") {
+	if !strings.Contains(out, "seq 1 job-1: failed") || !strings.Contains(out, "failed 1") {
 		t.Errorf("failed replay output:\n%s", out)
 	}
 }
@@ -202,32 +211,44 @@ func TestDeadReplaySuperseded(t *testing.T) {
 	}
 
 	tests := []struct {
-		name string
-		args []string
-		want []string
+		name  string
+		args  []string
+		want  []string
+		lacks []string
 	}{
 		{"dry run", []string{"--dry-run"}, []string{
-			"seq 1 job-1: would replay to work.submit.http as job-1.replay1",
+			"seq 1 job-1: would replay to work.submit.http as job-1.replay1 " +
+				"(unless published within the last 2m0s)",
 			"seq 3 job-1: superseded by seq 1",
-			"would replay 2, superseded 2, not replayable 0, of 4 dead letters",
-		}},
+			"would replay 2 (unless published within the last 2m0s), superseded 2, " +
+				"not replayable 0, of 4 dead letters",
+		}, nil},
 		{"limit counts requests", []string{"--dry-run", "--limit", "1"}, []string{
 			"seq 3 job-1: superseded by seq 1",
-			"would replay 1, superseded 1, not replayable 0, of 2 dead letters",
+			"would replay 1 (unless published within the last 2m0s), superseded 1, " +
+				"not replayable 0, of 2 dead letters",
 			"first 1 requests only",
-		}},
+		}, nil},
 		{"first run", nil, []string{
 			"seq 2 job-2: replayed to work.submit.http as job-2.replay2",
 			"seq 4 job-2: superseded by seq 2",
 			"replayed 2, duplicate 0, superseded 2, not replayable 0, failed 0, of 4",
-		}},
+		}, nil},
 		{"second run", nil, []string{
 			"seq 1 job-1: duplicate: job-1.replay1",
 			"replayed 0, duplicate 2, superseded 2, not replayable 0, failed 0, of 4",
-		}},
+		}, nil},
 		{"one id", []string{"--id", "job-1"}, []string{
 			"replayed 0, duplicate 1, superseded 1, not replayable 0, failed 0, of 2",
-		}},
+		}, nil},
+		// Nothing replayed, nothing deleted: seq 3, the failure of the
+		// first run's replay, stays on record.
+		{"delete within the window", []string{"--id", "job-1", "--delete"}, []string{
+			"seq 1 job-1: duplicate: job-1.replay1",
+			"seq 3 job-1: superseded by seq 1",
+			"replayed 0, duplicate 1, superseded 1, not replayable 0, failed 0, of 2",
+			"kept 1 duplicates and the dead letters they supersede",
+		}, []string{"(deleted)"}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -235,6 +256,11 @@ func TestDeadReplaySuperseded(t *testing.T) {
 			for _, want := range tt.want {
 				if !strings.Contains(out, want) {
 					t.Errorf("output lacks %q:\n%s", want, out)
+				}
+			}
+			for _, bad := range tt.lacks {
+				if strings.Contains(out, bad) {
+					t.Errorf("output has %q:\n%s", bad, out)
 				}
 			}
 		})

@@ -10,6 +10,7 @@ import (
 	"text/tabwriter"
 	"time"
 
+	"github.com/nats-io/nats.go/jetstream"
 	"github.com/peterbourgon/ff/v3/ffcli"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
@@ -87,9 +88,11 @@ func recurringAddCommand(stdout io.Writer) *ffcli.Command {
 			if err != nil {
 				return err
 			}
-			return withRecurring(ctx, g, *bucket, func(s *scheduler.RecurringStore) error {
-				return addRecurring(ctx, stdout, s, def, f.replace)
-			})
+			// Only add creates the bucket; the schedulers create it too.
+			return withRecurring(ctx, g, *bucket, scheduler.OpenRecurring,
+				func(s *scheduler.RecurringStore) error {
+					return addRecurring(ctx, stdout, s, def, f.replace)
+				})
 		},
 	}
 }
@@ -151,15 +154,30 @@ func recurringListCommand(stdout io.Writer) *ffcli.Command {
 			if err := checkOutput(*output); err != nil {
 				return err
 			}
-			return withRecurring(ctx, g, *bucket, func(s *scheduler.RecurringStore) error {
-				list, err := s.List(ctx)
-				if err != nil {
-					return err
-				}
-				return printRecurring(stdout, list, *output)
-			})
+			err := withRecurring(ctx, g, *bucket, scheduler.LookupRecurring,
+				func(s *scheduler.RecurringStore) error {
+					list, err := s.List(ctx)
+					if err != nil {
+						return err
+					}
+					return printRecurring(stdout, list, *output)
+				})
+			if errors.Is(err, jetstream.ErrBucketNotFound) {
+				return printNoBucket(stdout, *bucket, *output)
+			}
+			return err
 		},
 	}
+}
+
+// printNoBucket is list's output when the bucket does not exist: no
+// definitions, as an empty JSON array or a sentence saying why.
+func printNoBucket(w io.Writer, bucket, output string) error {
+	if output == "json" {
+		return printRecurring(w, []scheduler.RecurringInfo{}, output)
+	}
+	fmt.Fprintf(w, "no recurring definitions (bucket %s does not exist)\n", bucket)
+	return nil
 }
 
 // printRecurring writes the definitions as a table or a JSON array.
@@ -201,19 +219,30 @@ func recurringRemoveCommand(stdout io.Writer) *ffcli.Command {
 			if len(args) > 0 || *id == "" {
 				return fmt.Errorf("%w: remove needs --id and no arguments", errUsage)
 			}
-			return withRecurring(ctx, g, *bucket, func(s *scheduler.RecurringStore) error {
-				if err := s.Remove(ctx, *id); err != nil {
-					return err
-				}
-				fmt.Fprintf(stdout, "recurring %s removed\n", *id)
-				return nil
-			})
+			err := withRecurring(ctx, g, *bucket, scheduler.LookupRecurring,
+				func(s *scheduler.RecurringStore) error {
+					if err := s.Remove(ctx, *id); err != nil {
+						return err
+					}
+					fmt.Fprintf(stdout, "recurring %s removed\n", *id)
+					return nil
+				})
+			if errors.Is(err, jetstream.ErrBucketNotFound) {
+				return fmt.Errorf("recurring %s not found: bucket %s does not exist",
+					*id, *bucket)
+			}
+			return err
 		},
 	}
 }
 
-// withRecurring connects, opens the bucket and runs fn on it.
-func withRecurring(ctx context.Context, g *globals, bucket string,
+// openRecurring opens a recurring bucket: scheduler.OpenRecurring creates
+// a missing one, scheduler.LookupRecurring does not.
+type openRecurring func(context.Context, jetstream.JetStream,
+	string) (*scheduler.RecurringStore, error)
+
+// withRecurring connects, opens the bucket with open and runs fn on it.
+func withRecurring(ctx context.Context, g *globals, bucket string, open openRecurring,
 	fn func(*scheduler.RecurringStore) error) error {
 	log, err := g.logger()
 	if err != nil {
@@ -225,7 +254,7 @@ func withRecurring(ctx context.Context, g *globals, bucket string,
 	}
 	defer conn.Close()
 
-	store, err := scheduler.OpenRecurring(ctx, conn.JS, bucket)
+	store, err := open(ctx, conn.JS, bucket)
 	if err != nil {
 		return err
 	}

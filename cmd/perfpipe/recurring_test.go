@@ -4,8 +4,11 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
+	"errors"
 	"strings"
 	"testing"
+
+	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/perfpipe/perfpipe/internal/testenv"
 	"github.com/perfpipe/perfpipe/services/scheduler"
@@ -89,4 +92,60 @@ func TestRecurringAddListRemove(t *testing.T) {
 	if text := cli(0, "recurring", "list"); strings.Contains(text, "nightly") {
 		t.Errorf("list after remove still shows nightly:\n%s", text)
 	}
+}
+
+// TestRecurringMissingBucket checks that list and remove leave a missing
+// bucket missing, and that add creates it.
+func TestRecurringMissingBucket(t *testing.T) {
+	url := testenv.NATS(t)
+	conn := testenv.Conn(t, url)
+	ctx := context.Background()
+	const bucket = "nonexist_bucket"
+	cli := func(args ...string) (string, error) {
+		t.Helper()
+		var out bytes.Buffer
+		args = append(args, "--nats-url", url, "--bucket", bucket)
+		err := recurringCommand(&out).ParseAndRun(ctx, args)
+		return out.String(), err
+	}
+
+	tests := []struct {
+		name    string
+		args    []string
+		want    string
+		wantErr string
+	}{
+		{name: "list", args: []string{"list"},
+			want: "no recurring definitions (bucket nonexist_bucket does not exist)\n"},
+		{name: "list json", args: []string{"list", "--output", "json"}, want: "[]\n"},
+		{name: "remove", args: []string{"remove", "--id", "x"},
+			wantErr: "recurring x not found: bucket nonexist_bucket does not exist"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			out, err := cli(tt.args...)
+			if got := errText(err); got != tt.wantErr || out != tt.want {
+				t.Errorf("%q: output %q, error %q; want %q, %q", tt.args, out, got,
+					tt.want, tt.wantErr)
+			}
+			if _, err := conn.JS.KeyValue(ctx, bucket); !errors.Is(err,
+				jetstream.ErrBucketNotFound) {
+				t.Errorf("bucket after %q: error = %v, want ErrBucketNotFound", tt.args, err)
+			}
+		})
+	}
+
+	if _, err := cli("add", "--id", "x", "--every", "1m", "--kind", "sleep"); err != nil {
+		t.Fatalf("add: %v", err)
+	}
+	if out, err := cli("list"); err != nil || !strings.Contains(out, "every 1m0s") {
+		t.Errorf("list after add = %q, %v; want x", out, err)
+	}
+}
+
+func errText(err error) string {
+	if err == nil {
+		return ""
+	}
+	return err.Error()
 }

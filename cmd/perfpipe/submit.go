@@ -13,6 +13,7 @@ import (
 	"strings"
 	"sync"
 	"time"
+	"unicode/utf8"
 
 	"github.com/nats-io/nats.go/jetstream"
 	"github.com/nats-io/nuid"
@@ -52,7 +53,7 @@ func submitCommand(stdout io.Writer) *ffcli.Command {
 		"--kind/--payload/-n); a repeated id is submitted once")
 	fs.BoolVar(&f.wait, "wait", true, "wait for the results and print a summary")
 	fs.DurationVar(&f.timeout, "timeout", 2*time.Minute,
-		"how long to wait for the results; more than 0")
+		"how long to wait for the results; more than 0 (checked only with --wait)")
 	fs.StringVar(&f.output, "output", "text", "summary format: text or json")
 
 	return &ffcli.Command{
@@ -148,7 +149,8 @@ func (f *submitFlags) submission() (*submission, error) {
 	if f.rate < 0 {
 		return nil, fmt.Errorf("%w: --rate %v: want 0 (no limit) or more", errUsage, f.rate)
 	}
-	if f.timeout <= 0 {
+	// Without waiting the timeout plays no part.
+	if f.wait && f.timeout <= 0 {
 		return nil, fmt.Errorf("%w: --timeout %s: want more than 0", errUsage, f.timeout)
 	}
 	prefix := nuid.Next()
@@ -213,6 +215,9 @@ func readRequests(path, kind, prefix string, maxLine int) (*submission, error) {
 
 // parseRequest reads and checks the request on one line.
 func parseRequest(data []byte, kind, prefix string, line int) (*events.WorkRequest, error) {
+	if err := jsonObject(data); err != nil {
+		return nil, fmt.Errorf("not a JSON work request: %w", err)
+	}
 	r := &events.WorkRequest{}
 	if err := events.Unmarshal(data, r); err != nil {
 		return nil, err
@@ -224,6 +229,23 @@ func parseRequest(data []byte, kind, prefix string, line int) (*events.WorkReque
 		r.ID = prefix + "-" + strconv.Itoa(line)
 	}
 	return r, r.Validate()
+}
+
+// jsonObject says why a line is not a JSON object, or returns nil. A
+// JSON-lines file holds JSON only: events.Unmarshal would read a line that
+// is not JSON as msgpack and report a msgpack error.
+func jsonObject(data []byte) error {
+	if json.Valid(data) && events.IsJSON(data) {
+		return nil
+	}
+	var v any
+	if err := json.Unmarshal(data, &v); err != nil {
+		return err
+	}
+	if !utf8.Valid(data) {
+		return errors.New("invalid UTF-8")
+	}
+	return fmt.Errorf("want an object, got %.20s", bytes.TrimSpace(data))
 }
 
 // readEnd turns the end of reading a requests file into its error: a line

@@ -227,3 +227,56 @@ func TestSubmitLimits(t *testing.T) {
 		t.Errorf("WORK holds %d messages, want the 2 of the request near the limit", n)
 	}
 }
+
+// TestSubmitTimeoutOnlyWhenWaiting checks that --timeout is refused only
+// when submit waits for results, the one case where it plays a part.
+func TestSubmitTimeoutOnlyWhenWaiting(t *testing.T) {
+	url := testenv.NATS(t)
+	tests := []struct {
+		name string
+		args []string
+		want int
+	}{
+		{"no wait, zero timeout", []string{"--wait=false", "--timeout", "0s"}, 0},
+		{"no wait, negative timeout", []string{"--wait=false", "--timeout", "-1s"}, 0},
+		{"wait, zero timeout", []string{"--timeout", "0s"}, 2},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			var out bytes.Buffer
+			args := append([]string{"submit", "--nats-url", url}, tt.args...)
+			if got := run(context.Background(), args, &out); got != tt.want {
+				t.Errorf("run(%q) = %d, want %d; output %q", args, got, tt.want, out.String())
+			}
+		})
+	}
+}
+
+// TestReadRequestsNotJSON checks that a --file line that is not a JSON
+// object is reported as such, with the JSON error, never as msgpack.
+func TestReadRequestsNotJSON(t *testing.T) {
+	dir := t.TempDir()
+	good := `{"kind":"sleep","payload":{"ms":1}}`
+	tests := []struct{ name, line, want string }{
+		{"text", "nope", "invalid character 'o' in literal null (expecting 'u')"},
+		{"truncated", `{"kind":"sleep"`, "unexpected end of JSON input"},
+		{"two values", `{} {}`, "invalid character '{' after top-level value"},
+		{"array", ` [1, 2]`, "want an object, got [1, 2]"},
+		{"number", "42", "want an object, got 42"},
+		{"invalid utf-8", "{\"kind\":\"\xff\"}", "invalid UTF-8"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			file := filepath.Join(dir, tt.name+".jsonl")
+			if err := os.WriteFile(file, []byte(good+"\n"+tt.line+"\n"), 0o600); err != nil {
+				t.Fatal(err)
+			}
+			_, err := readRequests(file, "sleep", "p", maxLineBytes)
+			want := "line 2: not a JSON work request: " + tt.want
+			if err == nil || !strings.Contains(err.Error(), want) ||
+				strings.Contains(err.Error(), "msgpack") {
+				t.Errorf("error = %v, want it to mention %q, not msgpack", err, want)
+			}
+		})
+	}
+}

@@ -279,21 +279,23 @@ func TestReplay(t *testing.T) {
 	checkReplayed(t, conn, 1, "work.submit.sleep", "a1.replay1", "a1")
 	checkReplayed(t, conn, 2, "work.submit.http", "a2.replay2", "a2")
 
+	// A duplicate was replayed by the first run, not this one: --delete
+	// keeps it.
 	second, err := Replay(ctx, conn, entries[:2], ReplayOptions{Delete: true})
 	if err != nil {
 		t.Fatalf("second replay: %v", err)
 	}
 	checkStatuses(t, "second replay", second, []Status{StatusDuplicate, StatusDuplicate})
 	checkWorkMsgs(t, conn, 2)
-	if !second[0].Deleted || !second[1].Deleted {
-		t.Errorf("deleted = %v, %v; want both", second[0].Deleted, second[1].Deleted)
+	if second[0].Deleted || second[1].Deleted {
+		t.Errorf("deleted = %v, %v; want neither", second[0].Deleted, second[1].Deleted)
 	}
 	left, err := List(ctx, conn.JS, Filter{})
 	if err != nil {
 		t.Fatalf("List: %v", err)
 	}
-	if diff := cmp.Diff([]uint64{3, 4, 5}, seqs(left)); diff != "" {
-		t.Errorf("entries left after delete (-want +got):\n%s", diff)
+	if diff := cmp.Diff([]uint64{1, 2, 3, 4, 5}, seqs(left)); diff != "" {
+		t.Errorf("entries left after a duplicate delete (-want +got):\n%s", diff)
 	}
 }
 
@@ -398,9 +400,9 @@ func TestReplaySuperseded(t *testing.T) {
 	tests := []struct {
 		name    string
 		f       Filter
-		reverse bool // hand Replay the entries newest first
-		delete  bool
-		drop    uint64 // a dead letter deleted before replaying
+		reverse bool    // hand Replay the entries newest first
+		delete  [2]bool // ReplayOptions.Delete of the first and second run
+		drop    uint64  // a dead letter deleted before replaying
 		first   []Status
 		second  []Status
 		by      []uint64 // SupersededBy per entry
@@ -454,12 +456,33 @@ func TestReplaySuperseded(t *testing.T) {
 		},
 		{
 			name:   "delete takes the superseded along",
-			delete: true,
+			delete: [2]bool{true, true},
 			first:  []Status{re, re, not, sup, sup, sup},
 			second: []Status{not}, // the replayed ones are gone
 			by:     []uint64{0, 0, 0, 1, 2, 1},
 			msgIDs: []string{"r1.replay1", "r2.replay2"},
 			left:   []uint64{3},
+		},
+		{
+			// The second run replays nothing: the latest failure of the
+			// first run's replay (seq 6) stays on record.
+			name:   "delete within the window keeps a duplicate",
+			f:      Filter{IDs: []string{"r1"}},
+			delete: [2]bool{false, true},
+			first:  []Status{re, sup, sup},
+			second: []Status{dup, sup, sup},
+			by:     []uint64{0, 1, 1},
+			msgIDs: []string{"r1.replay1"},
+			left:   []uint64{1, 2, 3, 4, 5, 6},
+		},
+		{
+			name:   "delete all within the window",
+			delete: [2]bool{false, true},
+			first:  []Status{re, re, not, sup, sup, sup},
+			second: []Status{dup, dup, not, sup, sup, sup},
+			by:     []uint64{0, 0, 0, 1, 2, 1},
+			msgIDs: []string{"r1.replay1", "r2.replay2"},
+			left:   []uint64{1, 2, 3, 4, 5, 6},
 		},
 	}
 	for _, tt := range tests {
@@ -467,19 +490,20 @@ func TestReplaySuperseded(t *testing.T) {
 			conn := testenv.Conn(t, testenv.NATS(t))
 			replayFixture(t, conn)
 			dropDead(t, conn, tt.drop)
-			opts := ReplayOptions{Delete: tt.delete}
 
 			dry := replayMatches(t, conn, tt.f, tt.reverse, ReplayOptions{DryRun: true})
 			checkStatuses(t, "dry run", dry, wouldReplay(tt.first))
 			checkSupersededBy(t, dry, tt.by)
 			checkWorkMsgIDs(t, conn, nil)
 
-			first := replayMatches(t, conn, tt.f, tt.reverse, opts)
+			first := replayMatches(t, conn, tt.f, tt.reverse, ReplayOptions{Delete: tt.delete[0]})
 			checkStatuses(t, "first run", first, tt.first)
 			checkSupersededBy(t, first, tt.by)
-			second := replayMatches(t, conn, tt.f, tt.reverse, opts)
+			second := replayMatches(t, conn, tt.f, tt.reverse, ReplayOptions{Delete: tt.delete[1]})
 			checkStatuses(t, "second run", second, tt.second)
 			checkWorkMsgIDs(t, conn, tt.msgIDs)
+			checkDeleted(t, "first run", first, tt.left)
+			checkDeleted(t, "second run", second, tt.left)
 
 			left, err := List(context.Background(), conn.JS, Filter{})
 			if err != nil {
@@ -489,6 +513,18 @@ func TestReplaySuperseded(t *testing.T) {
 				t.Errorf("dead letters left (-want +got):\n%s", diff)
 			}
 		})
+	}
+}
+
+// checkDeleted checks that the outcomes report deleted exactly the
+// entries that are not left in the end.
+func checkDeleted(t *testing.T, what string, outs []Outcome, left []uint64) {
+	t.Helper()
+	for _, o := range outs {
+		if want := !slices.Contains(left, o.Entry.Seq); o.Deleted != want {
+			t.Errorf("%s: seq %d %s: deleted %v, want %v", what, o.Entry.Seq, o.Status,
+				o.Deleted, want)
+		}
 	}
 }
 

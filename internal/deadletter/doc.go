@@ -6,8 +6,8 @@
 // first. Replay publishes the work requests held by such entries back to
 // their submit subject, once per request ID in a run (from its earliest
 // dead letter, the later ones superseded) and once within the
-// de-duplication window, and can delete the replayed entries from the
-// stream. LimitRequests cuts a selection to its first requests.
+// de-duplication window, and can delete the entries it replayed, with
+// those they superseded, from the stream. LimitRequests cuts a selection to its first requests.
 //
 // The perfpipe CLI wraps both as `perfpipe dead list` and
 // `perfpipe dead replay`.

@@ -19,10 +19,14 @@ import (
 // ReplayOptions tunes Replay.
 type ReplayOptions struct {
 	// DryRun decides each entry's outcome without publishing or deleting.
+	// It cannot tell a replay from a duplicate, which only the stream
+	// decides on publishing: both are StatusWouldReplay.
 	DryRun bool
-	// Delete removes an entry from the dead-letter stream once its request
-	// is back on the submit subject (replayed now or before), and with it
-	// the entries it superseded. Default keep.
+	// Delete removes from the dead-letter stream the entries this run
+	// replayed (StatusReplayed) and the entries they superseded. A
+	// duplicate, replayed by an earlier run, is kept with the entries it
+	// supersedes: the later ones record how the last replay failed.
+	// Default keep.
 	Delete bool
 }
 
@@ -36,7 +40,9 @@ const (
 	// StatusDuplicate means this dead letter was replayed before, within
 	// the de-duplication window, and the stream dropped this copy.
 	StatusDuplicate Status = "duplicate"
-	// StatusWouldReplay is a dry run's StatusReplayed.
+	// StatusWouldReplay is a dry run's StatusReplayed or StatusDuplicate:
+	// publishing nothing, it cannot tell whether the request was published
+	// within the de-duplication window, which makes a real run's duplicate.
 	StatusWouldReplay Status = "would replay"
 	// StatusSuperseded means an earlier entry of the same request ID is
 	// replayed in this one's place (the same work failed again after a
@@ -128,8 +134,8 @@ func (r *run) entry(ctx context.Context, e Entry) Outcome {
 	return replayOne(ctx, r.conn, r.dead, e, req, r.opts)
 }
 
-// replayOne publishes req, the request of e, and deletes e when asked;
-// dead is nil unless deleting.
+// replayOne publishes req, the request of e, and deletes e when asked and
+// the publish was not a duplicate; dead is nil unless deleting.
 func replayOne(ctx context.Context, conn *bus.Conn, dead jetstream.Stream, e Entry,
 	req *events.WorkRequest, opts ReplayOptions) Outcome {
 	out := Outcome{Entry: e}
@@ -146,7 +152,9 @@ func replayOne(ctx context.Context, conn *bus.Conn, dead jetstream.Stream, e Ent
 	}
 	out.Status = StatusReplayed
 	if ack.Duplicate {
+		// Replayed by an earlier run: this one deletes nothing of it.
 		out.Status = StatusDuplicate
+		return out
 	}
 
 	if dead != nil {
@@ -160,8 +168,8 @@ func replayOne(ctx context.Context, conn *bus.Conn, dead jetstream.Stream, e Ent
 }
 
 // supersede reports e as replaced by the earlier entry of its request
-// whose outcome is by, and deletes e when by was deleted: its request is
-// then back on the submit subject too.
+// whose outcome is by, and deletes e when by was deleted: this run
+// replayed e's request then.
 func supersede(ctx context.Context, dead jetstream.Stream, e Entry, by Outcome) Outcome {
 	out := Outcome{
 		Entry: e, Status: StatusSuperseded, Subject: by.Subject, MsgID: by.MsgID,

@@ -326,3 +326,35 @@ func TestRecurringPaused(t *testing.T) {
 		t.Errorf("paused definition submitted %d requests, want none", len(got))
 	}
 }
+
+// TestLookupRecurring checks that LookupRecurring opens a bucket only once
+// OpenRecurring made it, and creates none itself.
+func TestLookupRecurring(t *testing.T) {
+	conn := testenv.Conn(t, testenv.NATS(t))
+	ctx := context.Background()
+	const bucket = "lookup_recurring"
+
+	_, err := LookupRecurring(ctx, conn.JS, bucket)
+	if !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("LookupRecurring of a missing bucket: error = %v, want ErrBucketNotFound", err)
+	}
+	if _, err := conn.JS.KeyValue(ctx, bucket); !errors.Is(err, jetstream.ErrBucketNotFound) {
+		t.Fatalf("bucket after LookupRecurring: error = %v, want still missing", err)
+	}
+
+	created, err := OpenRecurring(ctx, conn.JS, bucket)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := created.Put(ctx, &events.Recurring{ID: "x", Every: events.Duration(time.Minute),
+		Created: time.Now(), Work: events.WorkTemplate{Kind: testKind}}); err != nil {
+		t.Fatal(err)
+	}
+	store, err := LookupRecurring(ctx, conn.JS, bucket)
+	if err != nil {
+		t.Fatalf("LookupRecurring of an existing bucket: %v", err)
+	}
+	if list, err := store.List(ctx); err != nil || len(list) != 1 || list[0].ID != "x" {
+		t.Errorf("list = %+v, %v; want x", list, err)
+	}
+}

@@ -62,6 +62,18 @@ func OpenRecurring(ctx context.Context, js jetstream.JetStream,
 	return &RecurringStore{kv: kv, bucket: bucket}, nil
 }
 
+// LookupRecurring opens bucket without creating it: a command that only
+// reads or removes definitions should not leave an empty bucket behind.
+// Its error matches jetstream.ErrBucketNotFound when bucket is missing.
+func LookupRecurring(ctx context.Context, js jetstream.JetStream,
+	bucket string) (*RecurringStore, error) {
+	kv, err := js.KeyValue(ctx, bucket)
+	if err != nil {
+		return nil, fmt.Errorf("open recurring bucket %s: %w", bucket, err)
+	}
+	return &RecurringStore{kv: kv, bucket: bucket}, nil
+}
+
 // Add stores a new definition after checking it. It returns
 // ErrRecurringExists when the ID is taken. A last-fired tick left by an
 // earlier definition of the same ID is dropped, so the first tick is the
