@@ -485,9 +485,10 @@ func (sc *scenario) stop() error {
 	return sc.p.stop()
 }
 
-// startServices connects the scheduler, batcher, agent and client as
-// startPipeline does, and runs the services that build makes of the first
-// three connections until the pipeline stops.
+// startServices connects a scheduler, a batcher, an agent and a client,
+// each on its own connection as perfpipe up does, ensures the streams, and
+// runs the services that build makes of the first three connections until
+// the pipeline stops.
 func startServices(ctx context.Context, url string,
 	build func([]*bus.Conn, *slog.Logger) ([]func(context.Context) error, error)) (
 	*pipeline, error) {

@@ -184,34 +184,14 @@ type pipeline struct {
 // startPipeline connects, builds and runs the services and follows the
 // results of n items.
 func startPipeline(ctx context.Context, url string, batchCount, n int) (*pipeline, error) {
-	log := slog.New(slog.DiscardHandler)
-	p := &pipeline{tally: newTally(n)}
-	for _, name := range []string{"scheduler", "batcher", "agent", "bench"} {
-		c, err := bus.Connect(ctx, url, "perfpipe-"+name, log)
-		if err != nil {
-			p.closeConns()
-			return nil, err
-		}
-		p.conns = append(p.conns, c)
-	}
-	p.client = p.conns[3]
-	if err := p.client.EnsureStreams(ctx); err != nil {
-		p.closeConns()
-		return nil, err
-	}
-
-	runs, err := p.services(batchCount, log)
+	p, err := startServices(ctx, url, func(conns []*bus.Conn, log *slog.Logger) (
+		[]func(context.Context) error, error) {
+		return services(conns, batchCount, log)
+	})
 	if err != nil {
-		p.closeConns()
 		return nil, err
 	}
-	runCtx, cancel := context.WithCancel(ctx)
-	p.cancel = cancel
-	p.group, p.ctx = errgroup.WithContext(runCtx)
-	for _, run := range runs {
-		p.group.Go(func() error { return run(p.ctx) })
-	}
-
+	p.tally = newTally(n)
 	if p.follow, err = followResults(ctx, p.client, p.tally); err != nil {
 		p.stop()
 		return nil, err
@@ -222,13 +202,13 @@ func startPipeline(ctx context.Context, url string, batchCount, n int) (*pipelin
 // services builds scheduler, batcher and agent with their defaults, but
 // for the batch count and the agent's admission, which is off: no monitor
 // runs, and the bench itself loads the host.
-func (p *pipeline) services(batchCount int, log *slog.Logger) (
+func services(conns []*bus.Conn, batchCount int, log *slog.Logger) (
 	[]func(context.Context) error, error) {
-	sched, err := scheduler.New(p.conns[0], scheduler.Config{}, log)
+	sched, err := scheduler.New(conns[0], scheduler.Config{}, log)
 	if err != nil {
 		return nil, err
 	}
-	bat, err := batcher.New(p.conns[1], batcher.Config{
+	bat, err := batcher.New(conns[1], batcher.Config{
 		Default: batcher.Limits{MaxCount: batchCount},
 	}, log)
 	if err != nil {
@@ -240,7 +220,7 @@ func (p *pipeline) services(batchCount int, log *slog.Logger) (
 	if err != nil {
 		return nil, err
 	}
-	ag, err := agent.New(p.conns[2], nil, reg, acfg, log)
+	ag, err := agent.New(conns[2], nil, reg, acfg, log)
 	if err != nil {
 		return nil, err
 	}
