@@ -2,11 +2,14 @@ package bus_test
 
 import (
 	"context"
+	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
+	"github.com/nats-io/nats.go"
 	"github.com/nats-io/nats.go/jetstream"
 
 	"github.com/perfpipe/perfpipe/internal/bus"
@@ -28,6 +31,73 @@ func TestEnsureStreamsIdempotent(t *testing.T) {
 		if got := info.CachedInfo().Config.Subjects; len(got) != len(cfg.Subjects) {
 			t.Errorf("stream %s subjects = %v, want %v", cfg.Name, got, cfg.Subjects)
 		}
+	}
+}
+
+// TestEnsureStreamsUpdatesOnlyWhatDiffers runs EnsureStreams on streams
+// as configured, which sends no update, and after one stream was changed,
+// which updates that stream alone, back to its configuration.
+func TestEnsureStreamsUpdatesOnlyWhatDiffers(t *testing.T) {
+	conn := testenv.Conn(t, testenv.NATS(t))
+	ctx := context.Background()
+	var mu sync.Mutex
+	var updates []string
+	sub, err := conn.NC.Subscribe("$JS.API.STREAM.UPDATE.>", func(m *nats.Msg) {
+		mu.Lock()
+		defer mu.Unlock()
+		updates = append(updates, strings.TrimPrefix(m.Subject, "$JS.API.STREAM.UPDATE."))
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer sub.Unsubscribe()
+	seen := func() []string {
+		t.Helper()
+		if err := conn.NC.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		mu.Lock()
+		defer mu.Unlock()
+		return slices.Clone(updates)
+	}
+
+	if err := conn.EnsureStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if got := seen(); len(got) != 0 {
+		t.Errorf("updates of streams as configured: %v, want none", got)
+	}
+
+	st, err := conn.JS.Stream(ctx, events.StreamReady)
+	if err != nil {
+		t.Fatal(err)
+	}
+	changed := st.CachedInfo().Config
+	changed.MaxAge = time.Hour
+	if _, err := conn.JS.UpdateStream(ctx, changed); err != nil {
+		t.Fatal(err)
+	}
+	testenv.WaitFor(t, 5*time.Second, "the test's own update seen", func() bool {
+		return len(seen()) == 1
+	})
+	mu.Lock()
+	updates = nil
+	mu.Unlock()
+	if err := conn.EnsureStreams(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// Requests reach the subscription in order, after EnsureStreams sent
+	// them one by one, each answered.
+	testenv.WaitFor(t, 5*time.Second, "an update", func() bool { return len(seen()) > 0 })
+	if got := seen(); !slices.Equal(got, []string{events.StreamReady}) {
+		t.Errorf("updates after changing %s: %v, want it alone", events.StreamReady, got)
+	}
+	info, err := st.Info(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := info.Config.MaxAge, 24*time.Hour; got != want {
+		t.Errorf("%s max age = %s, want %s again", events.StreamReady, got, want)
 	}
 }
 

@@ -2,8 +2,10 @@ package bus
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"net/url"
+	"slices"
 	"time"
 
 	"github.com/nats-io/nats.go/jetstream"
@@ -61,16 +63,47 @@ func StreamConfigs() []jetstream.StreamConfig {
 }
 
 // EnsureStreams creates the perfpipe streams, or updates them to the
-// current configuration. Running it again changes nothing.
+// current configuration. Running it again changes nothing, and sends no
+// update for a stream already as configured: an update races with
+// consumers being created on the stream inside nats-server (seen with the
+// race detector on 2.15.3), and services start side by side.
 func (c *Conn) EnsureStreams(ctx context.Context) error {
 	ctx, cancel := withDefaultTimeout(ctx)
 	defer cancel()
 	for _, cfg := range StreamConfigs() {
-		if _, err := c.JS.CreateOrUpdateStream(ctx, cfg); err != nil {
+		if err := c.ensureStream(ctx, cfg); err != nil {
 			return fmt.Errorf("ensure stream %s: %w", cfg.Name, err)
 		}
 	}
 	return nil
+}
+
+// ensureStream creates the stream of cfg, or updates it when a field
+// that cfg sets differs.
+func (c *Conn) ensureStream(ctx context.Context, cfg jetstream.StreamConfig) error {
+	st, err := c.JS.Stream(ctx, cfg.Name)
+	switch {
+	case errors.Is(err, jetstream.ErrStreamNotFound):
+	case err != nil:
+		return err
+	case sameStream(st.CachedInfo().Config, cfg):
+		return nil
+	}
+	_, err = c.JS.CreateOrUpdateStream(ctx, cfg)
+	return err
+}
+
+// sameStream reports whether have matches want in every field that
+// StreamConfigs sets. The server stores "no limit" per subject as -1.
+func sameStream(have, want jetstream.StreamConfig) bool {
+	if want.MaxMsgsPerSubject == 0 {
+		want.MaxMsgsPerSubject = -1
+	}
+	return slices.Equal(have.Subjects, want.Subjects) &&
+		have.Retention == want.Retention && have.Storage == want.Storage &&
+		have.MaxAge == want.MaxAge && have.MaxBytes == want.MaxBytes &&
+		have.Discard == want.Discard && have.Duplicates == want.Duplicates &&
+		have.MaxMsgsPerSubject == want.MaxMsgsPerSubject
 }
 
 // Consumer creates or updates a durable pull consumer on stream with

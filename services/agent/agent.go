@@ -238,6 +238,11 @@ func (s *Service) next(ctx context.Context, cons jetstream.Consumer) (jetstream.
 	pollCtx, cancel := context.WithTimeout(ctx, s.cfg.PollWait)
 	defer cancel()
 	defer s.adm.watchPull(cancel)()
+	if pollCtx.Err() != nil {
+		// Throttled since ready: a pull sent now could take a batch that
+		// nobody reads until the ack wait runs out.
+		return nil, nil
+	}
 	msg, err := cons.Next(jetstream.FetchContext(pollCtx))
 	switch {
 	case err == nil:
