@@ -223,7 +223,7 @@ func submitDelayed(ctx context.Context, conn *bus.Conn, cfg LatenessConfig) erro
 	rnd := rand.New(rand.NewPCG(1, 2))
 	prefix := nuid.Next()
 	burstAt := time.Now().Add(cfg.MinDelay)
-	unacked := make([]jetstream.PubAckFuture, 0, maxUnacked)
+	sub := newSubmitter(conn)
 	for _, i := range rnd.Perm(cfg.Items) {
 		req := &events.WorkRequest{ID: prefix + "-" + strconv.Itoa(i), Kind: latenessKind,
 			Priority: rnd.IntN(events.MaxPriority + 1),
@@ -234,24 +234,11 @@ func submitDelayed(ctx context.Context, conn *bus.Conn, cfg LatenessConfig) erro
 			step := cfg.Spread * time.Duration(i) / time.Duration(cfg.Items)
 			req.Delay = events.Duration(cfg.MinDelay + step)
 		}
-		req.Trace.Submitted = time.Now()
-		msg, err := bus.Message(events.SubmitSubject(req.Kind), req, req.ID)
-		if err != nil {
+		if err := sub.submit(ctx, req); err != nil {
 			return err
 		}
-		fut, err := conn.JS.PublishMsgAsync(msg)
-		if err != nil {
-			return fmt.Errorf("publish %s: %w", msg.Subject, err)
-		}
-
-		if unacked = append(unacked, fut); len(unacked) == maxUnacked {
-			if err := awaitAcks(ctx, unacked[:maxUnacked/2]); err != nil {
-				return err
-			}
-			unacked = append(unacked[:0], unacked[maxUnacked/2:]...)
-		}
 	}
-	return awaitAcks(ctx, unacked)
+	return sub.wait(ctx)
 }
 
 // followReady feeds every release stored on PERFPIPE_READY to rel.

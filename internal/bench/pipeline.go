@@ -284,31 +284,58 @@ const maxUnacked = 1024
 // waiting for each ack, and returns when the stream has acked them all.
 func submitNoop(ctx context.Context, conn *bus.Conn, n int, lim *rate.Limiter) error {
 	prefix := nuid.Next()
-	unacked := make([]jetstream.PubAckFuture, 0, maxUnacked)
+	sub := newSubmitter(conn)
 	for i := range n {
 		if err := lim.Wait(ctx); err != nil {
 			return err
 		}
 		req := &events.WorkRequest{ID: prefix + "-" + strconv.Itoa(i), Kind: "sleep",
 			Payload: events.Payload(`{"ms":0}`)}
-		req.Trace.Submitted = time.Now()
-		msg, err := bus.Message(events.SubmitSubject(req.Kind), req, req.ID)
-		if err != nil {
+		if err := sub.submit(ctx, req); err != nil {
 			return err
 		}
-		fut, err := conn.JS.PublishMsgAsync(msg)
-		if err != nil {
-			return fmt.Errorf("publish %s: %w", msg.Subject, err)
-		}
-
-		if unacked = append(unacked, fut); len(unacked) == maxUnacked {
-			if err := awaitAcks(ctx, unacked[:maxUnacked/2]); err != nil {
-				return err
-			}
-			unacked = append(unacked[:0], unacked[maxUnacked/2:]...)
-		}
 	}
-	return awaitAcks(ctx, unacked)
+	return sub.wait(ctx)
+}
+
+// submitter publishes work requests without waiting for each ack, at most
+// maxUnacked of them unacked at a time.
+type submitter struct {
+	conn    *bus.Conn
+	unacked []jetstream.PubAckFuture
+}
+
+func newSubmitter(conn *bus.Conn) *submitter {
+	return &submitter{conn: conn, unacked: make([]jetstream.PubAckFuture, 0, maxUnacked)}
+}
+
+// submit stamps req as submitted now and publishes it with its ID as the
+// message ID, first waiting for the older half of the unacked publishes
+// when maxUnacked are out.
+func (s *submitter) submit(ctx context.Context, req *events.WorkRequest) error {
+	req.Trace.Submitted = time.Now()
+	msg, err := bus.Message(events.SubmitSubject(req.Kind), req, req.ID)
+	if err != nil {
+		return err
+	}
+	fut, err := s.conn.JS.PublishMsgAsync(msg)
+	if err != nil {
+		return fmt.Errorf("publish %s: %w", msg.Subject, err)
+	}
+	if s.unacked = append(s.unacked, fut); len(s.unacked) == maxUnacked {
+		if err := awaitAcks(ctx, s.unacked[:maxUnacked/2]); err != nil {
+			return err
+		}
+		s.unacked = append(s.unacked[:0], s.unacked[maxUnacked/2:]...)
+	}
+	return nil
+}
+
+// wait returns once every publish is acked.
+func (s *submitter) wait(ctx context.Context) error {
+	err := awaitAcks(ctx, s.unacked)
+	s.unacked = s.unacked[:0]
+	return err
 }
 
 func awaitAcks(ctx context.Context, futs []jetstream.PubAckFuture) error {
